@@ -1,0 +1,9 @@
+"""radmin: remote administration over mutual TLS 1.3.
+
+Kept import-free on purpose: `radmin-cli` competes with `ssh` on start-up time, so
+nothing here may pull in a heavy module.
+"""
+
+__version__ = "0.1.0"
+PROTOCOL_VERSION = 1
+DEFAULT_PORT = 7420

@@ -1,0 +1,176 @@
+"""`radmin-cli`: argument parsing, printing and exit codes; the work is in radmin.client.
+
+Exit statuses: 0 success; 1 the daemon refused or the operation failed on the host;
+255 a host could not be reached, authenticated or spoken to (as with ssh); 2 usage.
+Start-up time matters here (`radmin-cli exec` competes with `ssh`): heavy modules are
+imported inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from radmin import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TRANSPORT = 0, 1, 2, 255
+
+
+def _trust_options(sub: argparse.ArgumentParser, hosts: bool = True) -> None:
+    sub.add_argument("--home", metavar="DIR", help="client home (identity, known_hosts)")
+    if not hosts:
+        return
+    sub.add_argument(
+        "--strict-host-key", action="store_true", help="refuse hosts not in known_hosts"
+    )
+    sub.add_argument(
+        "--host-fingerprint", metavar="SHA256:...", help="accept only this daemon fingerprint"
+    )
+    sub.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up on a host after this long (default 10)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="radmin-cli", description="radmin client: run commands and upload files over mTLS"
+    )
+    parser.add_argument("--version", action="version", version=f"radmin-cli {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    keygen = commands.add_parser("keygen", help="create this client's identity")
+    keygen.add_argument("--force", action="store_true", help="replace an existing identity")
+    _trust_options(keygen, hosts=False)
+    _trust_options(
+        commands.add_parser("fingerprint", help="print this client's fingerprint"), hosts=False
+    )
+    ping = commands.add_parser("ping", help="authenticated round trip to each host")
+    ping.add_argument("hosts", metavar="HOSTS", help="host[:port],alias,@group,...")
+    ping.add_argument("-p", "--parallel", type=int, default=32, metavar="N")
+    _trust_options(ping)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from radmin.identity import ClientHome
+
+    home = ClientHome.resolve(args.home)
+    handler = {"keygen": _keygen, "fingerprint": _fingerprint, "ping": _ping}[args.command]
+    try:
+        return handler(args, home)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILED
+
+
+def _error(message: str) -> None:
+    print(f"radmin-cli: {message}", file=sys.stderr)
+
+
+def _keygen(args: argparse.Namespace, home) -> int:
+    import getpass
+    import socket
+
+    from radmin.errors import RadminError
+    from radmin.identity import create_identity
+
+    try:
+        client_fp = create_identity(home.key, home.cert, "radmin-cli", args.force)
+    except RadminError as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    name = f"{getpass.getuser()}@{socket.gethostname().split('.')[0]}"
+    pem = home.cert.read_text().strip().replace("\n", "\n        ")
+    print(f"Created {home.key} (mode 0600) and {home.cert}")
+    print(f"Fingerprint: {client_fp}")
+    print()
+    print("To authorize this client, add these lines under clients: in the daemon's radmind.yaml")
+    print("(adjust the allow: rules), then reload it (systemctl reload radmind):")
+    print()
+    print(f"  {name}:")
+    print("    cert: |")
+    print(f"        {pem}")
+    print("    allow:")
+    print('      exec: ["*"]')
+    print('      put: ["/tmp/**"]')
+    print()
+    print(f"Or copy {home.cert} to the daemon host and write  cert: clients/{name}.crt")
+    return EXIT_OK
+
+
+def _fingerprint(args: argparse.Namespace, home) -> int:
+    from radmin.identity import cert_file_fingerprint
+
+    try:
+        print(cert_file_fingerprint(home.cert))
+    except FileNotFoundError:
+        _error(f"no client identity in {home.path}: run 'radmin-cli keygen' first")
+        return EXIT_FAILED
+    except ValueError as exc:
+        _error(f"{home.cert}: {exc}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _resolve_hosts(spec: str, home):
+    from radmin.hosts import HostBook, HostSpecError
+
+    try:
+        return HostBook.load(home.config).resolve(spec)
+    except HostSpecError as exc:
+        _error(str(exc))
+        return None
+
+
+def _options(args: argparse.Namespace, home):
+    from radmin.client import ClientOptions
+
+    return ClientOptions(
+        home,
+        strict_host_key=args.strict_host_key,
+        host_fingerprint=args.host_fingerprint,
+        connect_timeout=args.connect_timeout,
+        warn=lambda message: print(message, file=sys.stderr),
+    )
+
+
+def _ping(args: argparse.Namespace, home) -> int:
+    from radmin.client import RemoteError, connect
+    from radmin.errors import TransportError
+    from radmin.fanout import run_parallel
+
+    targets = _resolve_hosts(args.hosts, home)
+    if targets is None:
+        return EXIT_USAGE
+    options = _options(args, home)
+
+    def ping_one(target) -> int:
+        try:
+            with connect(target, options) as conn:
+                result = conn.ping()
+        except TransportError as exc:
+            _error(f"{target.label}: {exc}")
+            return EXIT_TRANSPORT
+        except RemoteError as exc:
+            _error(f"{target.label}: {exc}")
+            return EXIT_FAILED
+        print(
+            f"{target.label}: radmind {result.version} (protocol {result.protocol}), "
+            f'known as "{result.client}", rtt {result.rtt_s * 1000:.2f} ms '
+            f"(connect {result.connect_s * 1000:.1f} ms)",
+            flush=True,
+        )
+        return EXIT_OK
+
+    statuses = run_parallel(targets, ping_one, max(1, args.parallel))
+    return max(statuses)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

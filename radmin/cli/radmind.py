@@ -1,0 +1,100 @@
+"""`radmind`: argument parsing and exit codes for the daemon's commands, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from radmin import __version__
+from radmin.config import config_path, example_yaml, load_config
+from radmin.errors import ConfigError, RadminError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="radmind", description="radmin daemon: remote administration over mutual TLS 1.3"
+    )
+    parser.add_argument("--version", action="version", version=f"radmind {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument(
+            "-c",
+            "--config",
+            metavar="PATH",
+            help="config file (default: $RADMIN_CONFIG or /etc/radmin/radmind.yaml)",
+        )
+        return sub
+
+    run = with_config(commands.add_parser("run", help="run the daemon (the default)"))
+    run.add_argument("--detach", action="store_true", help="detach as a classic daemon")
+    run.add_argument("--pidfile", metavar="PATH", help="pidfile to write when detached")
+    with_config(commands.add_parser("check", help="validate the config and exit"))
+    init = commands.add_parser("init", help="create the server key, certificate and config")
+    init.add_argument("--dir", required=True, metavar="DIR", help="folder to create them in")
+    init.add_argument("--force", action="store_true", help="replace an existing key")
+    with_config(commands.add_parser("fingerprint", help="print the server's fingerprint"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "run"
+    try:
+        if command == "init":
+            return _init(Path(args.dir), args.force)
+        path = config_path(getattr(args, "config", None))
+        if command == "check":
+            load_config(path)
+            print("ok")
+            return 0
+        if command == "fingerprint":
+            from radmin.identity import cert_file_fingerprint
+
+            print(cert_file_fingerprint(load_config(path).cert))
+            return 0
+        return _run(path, getattr(args, "detach", False), getattr(args, "pidfile", None))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except RadminError as exc:
+        print(f"radmind: {exc}", file=sys.stderr)
+        return 1
+
+
+def _init(folder: Path, force: bool) -> int:
+    from radmin.identity import create_identity
+
+    folder.mkdir(parents=True, exist_ok=True)
+    server_fp = create_identity(folder / "server.key", folder / "server.crt", "radmind", force)
+    config = folder / "radmind.yaml"
+    if not config.exists():
+        config.write_text(example_yaml(client_example=False))
+        print(f"wrote {config}")
+    print(f"wrote {folder / 'server.key'} and {folder / 'server.crt'}")
+    print(f"server fingerprint: {server_fp}")
+    return 0
+
+
+def _run(path: Path, detach: bool, pidfile: str | None) -> int:
+    from radmin.daemon import Daemon
+
+    config = load_config(path)
+    if detach:
+        raise RadminError("--detach is not available yet; run under systemd or in the foreground")
+    daemon = Daemon(config)
+    try:
+        daemon.bind()
+    except OSError as exc:
+        print(f"radmind: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    daemon.install_signal_handlers()
+    daemon.serve()
+    daemon.run_until_stopped()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""The Python API: connect to a radmind, check its key, then ping / exec / put.
+
+    options = ClientOptions(ClientHome.resolve())
+    with connect(Target("web1", "10.0.0.11", 7420), options) as conn:
+        print(conn.ping().rtt_s)
+
+This is what the CLI, the tests and any other program share. It raises
+`TransportError` (exit status 255 in the CLI) when a host cannot be reached,
+authenticated or spoken to, and `RemoteError` when the daemon refuses or fails a
+request (exit status 1). Kept lean: it is on `radmin-cli`'s start-up path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from radmin import PROTOCOL_VERSION, __version__
+from radmin.errors import (
+    ConnectionClosed,
+    HostKeyError,
+    ProtocolError,
+    RadminError,
+    TransportError,
+)
+from radmin.hosts import Target
+from radmin.identity import ClientHome, KnownHosts, fingerprint
+from radmin.protocol import FrameSocket, FrameType
+
+# TLS alerts a daemon sends when our certificate is not in its clients: section.
+_REFUSED_ALERTS = {
+    "TLSV1_ALERT_UNKNOWN_CA",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+    "SSLV3_ALERT_BAD_CERTIFICATE",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+}
+
+
+class RemoteError(RadminError):
+    """The daemon refused or failed a request (policy, bad request, failure on the host)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class ClientOptions:
+    """Who we are and how we trust daemons; one instance serves a whole fan-out."""
+
+    def __init__(
+        self,
+        home: ClientHome,
+        *,
+        strict_host_key: bool = False,
+        host_fingerprint: str | None = None,
+        connect_timeout: float = 10.0,
+        warn: Callable[[str], None] | None = None,
+    ):
+        self.home = home
+        self.strict_host_key = strict_host_key
+        self.host_fingerprint = host_fingerprint
+        self.connect_timeout = connect_timeout
+        self.warn = warn or (lambda message: None)
+        self.known_hosts = KnownHosts(home.known_hosts)
+        self._context: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
+
+    def tls_context(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._context is None:
+                from radmin.tls import client_context
+
+                if not self.home.key.exists() or not self.home.cert.exists():
+                    raise TransportError(
+                        f"no client identity in {self.home.path}: run 'radmin-cli keygen' first"
+                    )
+                self._context = client_context(self.home.key, self.home.cert)
+            return self._context
+
+    def own_fingerprint(self) -> str:
+        from radmin.identity import cert_file_fingerprint
+
+        return cert_file_fingerprint(self.home.cert)
+
+
+class PingResult(NamedTuple):
+    version: str
+    protocol: int
+    client: str  # the name the daemon knows us by
+    rtt_s: float  # one request/reply on the open connection
+    connect_s: float  # TCP + TLS + host key check + hello
+
+
+def connect(target: Target, options: ClientOptions) -> Connection:
+    conn = Connection(target, options)
+    try:
+        conn.open()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class Connection:
+    """One authenticated connection to one daemon; requests run one after another."""
+
+    def __init__(self, target: Target, options: ClientOptions):
+        self.target = target
+        self.options = options
+        self.frames: FrameSocket | None = None
+        self.server_fingerprint = ""
+        self.client_name = ""
+        self.server_software = ""
+        self.connect_s = 0.0
+        self._hello_pending = False
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.frames is not None:
+            self.frames.close()
+            self.frames = None
+
+    # -- opening -----------------------------------------------------------------------
+
+    def open(self) -> None:
+        started = time.monotonic()
+        context = self.options.tls_context()
+        target = self.target
+        try:
+            raw = socket.create_connection(
+                (target.host, target.port), timeout=self.options.connect_timeout
+            )
+        except socket.gaierror as exc:
+            raise TransportError(f"cannot resolve {target.host}: {exc.strerror}") from None
+        except ConnectionRefusedError:
+            raise TransportError("connection refused") from None
+        except TimeoutError:
+            raise TransportError("connection timed out") from None
+        except OSError as exc:
+            raise TransportError(exc.strerror or str(exc)) from None
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            tls = context.wrap_socket(raw)
+        except (ssl.SSLError, OSError) as exc:
+            raw.close()
+            raise TransportError(_describe_failure(exc, "TLS handshake failed")) from None
+        self.frames = FrameSocket(tls)
+        self.server_fingerprint = fingerprint(tls.getpeercert(binary_form=True))
+        self._check_host_key()
+        # HELLO goes out now; its answer is read with the first reply (one round trip less).
+        self._send_json(
+            FrameType.HELLO,
+            {"protocols": [PROTOCOL_VERSION], "software": f"radmin-cli/{__version__}"},
+        )
+        self._hello_pending = True
+        self.connect_s = time.monotonic() - started
+
+    def _check_host_key(self) -> None:
+        presented, options = self.server_fingerprint, self.options
+        if options.host_fingerprint:
+            if presented != options.host_fingerprint:
+                raise HostKeyError(
+                    f"host key mismatch for {self.target.host_port}: the daemon presented "
+                    f"{presented}, --host-fingerprint expects {options.host_fingerprint}"
+                )
+            return
+        if options.known_hosts.verify(self.target.host_port, presented, options.strict_host_key):
+            options.warn(
+                f"Warning: permanently added {self.target.host_port} ({presented}) to "
+                f"{options.known_hosts.path}"
+            )
+
+    # -- frames with errors translated -------------------------------------------------
+
+    def _send_json(self, frame_type: FrameType, obj: dict[str, Any]) -> None:
+        try:
+            self.frames.send_json(frame_type, obj)
+        except (OSError, ssl.SSLError) as exc:
+            raise TransportError(_describe_failure(exc, "connection lost")) from None
+
+    def _recv_json(self, *expected: FrameType) -> tuple[FrameType, dict[str, Any]]:
+        """Receive a control frame; an ERROR frame from the daemon becomes an exception."""
+        try:
+            frame_type, message = self.frames.recv_json(*expected, FrameType.ERROR)
+        except ConnectionClosed as exc:
+            raise TransportError(str(exc)) from None
+        except ProtocolError as exc:
+            raise TransportError(f"protocol error: {exc}") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise TransportError(_describe_failure(exc, "connection lost", self.options)) from None
+        if frame_type is FrameType.ERROR:
+            code = message.get("code")
+            text = str(message.get("message", "no reason given"))
+            if code == "not_authorized":
+                raise TransportError(f"not authorized by daemon: {text}")
+            raise TransportError(f"daemon reported a {code} error: {text}")
+        return frame_type, message
+
+    def _finish_hello(self) -> None:
+        if not self._hello_pending:
+            return
+        self._hello_pending = False
+        _, hello = self._recv_json(FrameType.HELLO)
+        self.client_name = str(hello.get("client", ""))
+        self.server_software = str(hello.get("software", ""))
+
+    def request(self, op: str, **params: Any) -> None:
+        """Send a REQUEST (and collect the hello answer if it is still pending)."""
+        self._send_json(FrameType.REQUEST, {"op": op, **params})
+        self._finish_hello()
+
+    def result(self) -> dict[str, Any]:
+        """Wait for the RESULT that ends the current request."""
+        _, reply = self._recv_json(FrameType.RESULT)
+        return self._check(reply)
+
+    @staticmethod
+    def _check(reply: dict[str, Any]) -> dict[str, Any]:
+        if not reply.get("ok"):
+            raise RemoteError(str(reply.get("error", "failed")), str(reply.get("message", "")))
+        return reply
+
+    # -- operations --------------------------------------------------------------------
+
+    def ping(self) -> PingResult:
+        carries_hello = self._hello_pending
+        started = time.monotonic()
+        self.request("ping")
+        reply = self.result()
+        rtt = time.monotonic() - started
+        if carries_hello:  # the first ping also waited for the hello: time a clean one
+            started = time.monotonic()
+            self.request("ping")
+            reply = self.result()
+            rtt = time.monotonic() - started
+        return PingResult(
+            version=str(reply.get("version", "?")),
+            protocol=int(reply.get("protocol", 0)),
+            client=str(reply.get("client", self.client_name)),
+            rtt_s=rtt,
+            connect_s=self.connect_s,
+        )
+
+
+def _describe_failure(exc: BaseException, what: str, options: ClientOptions | None = None) -> str:
+    """One line a sysadmin understands, for an exception from the TLS/socket layer."""
+    reason = getattr(exc, "reason", None)
+    if reason in _REFUSED_ALERTS:
+        hint = ""
+        if options is not None:
+            with contextlib.suppress(OSError, ValueError):
+                hint = (
+                    f" (add this client's certificate {options.own_fingerprint()} to its clients:)"
+                )
+        return f"not authorized by daemon{hint}"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timed out"
+    if isinstance(exc, ConnectionResetError):
+        return f"{what}: connection reset by peer"
+    if isinstance(exc, ssl.SSLError):
+        return f"{what}: {exc.reason or exc}"
+    return f"{what}: {getattr(exc, 'strerror', None) or exc}"

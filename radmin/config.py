@@ -1,0 +1,557 @@
+"""The daemon's config: every key declared once, validated with file:line:key errors.
+
+`SCHEMA` below is the single declaration of each setting -- its type (a converter), its
+default and its description. The same table drives `radmind check`, loading at start
+and on SIGHUP, docs/config.md and the commented example that `radmind init` writes
+(scripts/gen-config-docs), so they cannot disagree.
+
+Loading composes the YAML into nodes (for line numbers), walks them against the schema
+collecting *every* problem, and only then builds the frozen `Config`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import pwd
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from radmin.errors import ConfigError
+from radmin.hosts import parse_host_port
+from radmin.identity import fingerprint, pem_to_der
+
+DEFAULT_CONFIG_PATH = "/etc/radmin/radmind.yaml"
+CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def config_path(cli_value: str | None) -> Path:
+    """-c PATH, else $RADMIN_CONFIG, else /etc/radmin/radmind.yaml."""
+    return Path(cli_value or os.environ.get("RADMIN_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+# -- converters: YAML value -> typed value, raising ValueError with a plain message ---
+
+
+@dataclass
+class _Context:
+    base_dir: Path
+
+
+Converter = Callable[[Any, _Context], Any]
+
+
+def _string(value: Any, ctx: _Context) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {_describe(value)}")
+    return value
+
+
+def _path(value: Any, ctx: _Context) -> Path:
+    return ctx.base_dir / _string(value, ctx)
+
+
+def _absolute_path(value: Any, ctx: _Context) -> Path:
+    text = _string(value, ctx)
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r} must be an absolute path")
+    return Path(text)
+
+
+def _key_file(value: Any, ctx: _Context) -> Path:
+    path = _path(value, ctx)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read key file {path}: {exc.strerror}") from None
+    if b"PRIVATE KEY-----" not in data:
+        raise ValueError(f"{path} does not hold a PEM private key")
+    return path
+
+
+def _cert_file(value: Any, ctx: _Context) -> Path:
+    path = _path(value, ctx)
+    _load_cert(path.read_bytes() if path.is_file() else None, path)
+    return path
+
+
+def _load_cert(data: bytes | None, origin: Path | str) -> tuple[str, str]:
+    """(PEM text, fingerprint) of a certificate, with a clear error if it is unusable."""
+    if data is None:
+        raise ValueError(f"cannot read certificate {origin}: no such file")
+    try:
+        der = pem_to_der(data)
+        return data.decode("ascii"), fingerprint(der)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"malformed certificate in {origin}: {exc}") from None
+
+
+def _client_cert(value: Any, ctx: _Context) -> tuple[str, str]:
+    text = _string(value, ctx)
+    if "-----BEGIN" in text:
+        return _load_cert(text.encode(), "the inline PEM")
+    path = ctx.base_dir / text
+    return _load_cert(path.read_bytes() if path.is_file() else None, path)
+
+
+def _string_list(value: Any, ctx: _Context) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"expected a list of strings, got {_describe(value)}")
+    return tuple(value)
+
+
+def _listen_list(value: Any, ctx: _Context) -> tuple[tuple[str, int], ...]:
+    items = _string_list(value, ctx)
+    if not items:
+        raise ValueError("at least one address is needed")
+    addresses = []
+    for item in items:
+        try:
+            host, port = parse_host_port(item, default_port=-1)
+            ipaddress.ip_address(host)
+        except ValueError as exc:
+            raise ValueError(
+                f"bad listen address {item!r}: {exc} (use IP:PORT or [IPv6]:PORT)"
+            ) from None
+        if port < 0:
+            raise ValueError(f"listen address {item!r} needs a port")
+        addresses.append((host, port))
+    return tuple(addresses)
+
+
+def _user(value: Any, ctx: _Context) -> str:
+    name = _string(value, ctx)
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"no such user {name!r} on this system") from None
+    return name
+
+
+def _positive(kind: type) -> Converter:
+    def convert(value: Any, ctx: _Context) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {_describe(value)}")
+        if kind is int and not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value}")
+        if value <= 0:
+            raise ValueError(f"must be greater than 0, got {value}")
+        return kind(value)
+
+    return convert
+
+
+def parse_size(value: Any, ctx: _Context | None = None) -> int:
+    """Bytes from `1048576`, `512MiB`, `10GiB`, `10G`, `1.5T` (units are powers of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f"expected a size like 512MiB or 10GiB, got {_describe(value)}")
+    number, unit = float(match.group(1)), (match.group(2) or "").upper()
+    size = int(number * _SIZE_UNITS[unit[:1]])
+    if size <= 0:
+        raise ValueError(f"size must be greater than 0, got {value!r}")
+    return size
+
+
+def _choice(*choices: str) -> Converter:
+    def convert(value: Any, ctx: _Context) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {_describe(value)}")
+        return value
+
+    return convert
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+# -- the schema -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One config key: how to read it, its default, and what it is for."""
+
+    convert: Converter
+    default: Any
+    doc: str
+    example: str  # the YAML value shown in the generated example
+    required: bool = False
+
+
+class ClientsSection:
+    """`clients:` -- a mapping of client names to CLIENT_SCHEMA entries."""
+
+    doc = "Clients allowed to connect, by name; nothing is allowed that is not listed here."
+
+
+Schema = dict[str, "Setting | Schema | ClientsSection"]
+
+CLIENT_SCHEMA: Schema = {
+    "cert": Setting(
+        _client_cert,
+        None,
+        "The client's identity.crt: a path (relative to this file) or the PEM inline.",
+        "clients/ops.crt",
+        required=True,
+    ),
+    "allow": {
+        "exec": Setting(
+            _string_list,
+            (),
+            'Command patterns the client may run; "*" = any shell command; [] = none.',
+            '["*"]',
+        ),
+        "put": Setting(
+            _string_list,
+            (),
+            "Destination path patterns the client may write (glob, ** spans folders).",
+            '["/srv/**", "/tmp/**"]',
+        ),
+    },
+    "run_as": Setting(
+        _user,
+        None,
+        "User that commands run as and uploaded files belong to (default: the daemon's).",
+        "root",
+    ),
+}
+
+SCHEMA: Schema = {
+    "listen": Setting(
+        _listen_list,
+        (("0.0.0.0", 7420),),
+        'Addresses to listen on, "IP:PORT" strings; "[::]:7420" for IPv6.',
+        '["0.0.0.0:7420"]',
+    ),
+    "identity": {
+        "key": Setting(
+            _key_file, Path("server.key"), "The daemon's private key (mode 0600).", "server.key"
+        ),
+        "cert": Setting(_cert_file, Path("server.crt"), "The daemon's certificate.", "server.crt"),
+    },
+    "clients": ClientsSection(),
+    "put": {
+        "default_dir": Setting(
+            _absolute_path,
+            Path("/var/tmp/radmin"),
+            "Folder for uploads given without a remote path.",
+            "/var/tmp/radmin",
+        ),
+    },
+    "state_dir": Setting(
+        _path,
+        Path("/var/lib/radmin"),
+        "Daemon state (the journal of in-flight uploads); relative to this file if relative.",
+        "/var/lib/radmin",
+    ),
+    "limits": {
+        "max_connections": Setting(
+            _positive(int), 512, "Connections served at once; more are closed at once.", "512"
+        ),
+        "handshake_timeout": Setting(
+            _positive(float), 10.0, "Seconds a client has to finish TLS and hello.", "10"
+        ),
+        "idle_timeout": Setting(
+            _positive(float),
+            300.0,
+            "Seconds the daemon waits for a client's next frame (between requests, in a put).",
+            "300",
+        ),
+        "exec_timeout": Setting(
+            _positive(float), 3600.0, "Seconds, the ceiling for exec -t.", "3600"
+        ),
+        "max_put_size": Setting(
+            parse_size, 10 * 1024**3, "Largest upload (units KiB, MiB, GiB, TiB).", "10GiB"
+        ),
+        "shutdown_grace": Setting(
+            _positive(float),
+            30.0,
+            "Seconds in-flight requests get to finish after SIGTERM.",
+            "30",
+        ),
+    },
+    "log": {
+        "level": Setting(
+            _choice("debug", "info", "warning", "error"),
+            "info",
+            "debug | info | warning | error",
+            "info",
+        ),
+        "format": Setting(
+            _choice("json", "console"),
+            "json",
+            "json (one object per line) | console",
+            "json",
+        ),
+    },
+}
+
+
+# -- the typed result -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    name: str
+    fingerprint: str
+    cert_pem: str
+    allow_exec: tuple[str, ...]
+    allow_put: tuple[str, ...]
+    run_as: str | None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int
+    handshake_timeout: float
+    idle_timeout: float
+    exec_timeout: float
+    max_put_size: int
+    shutdown_grace: float
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str
+    format: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    listen: tuple[tuple[str, int], ...]
+    key: Path
+    cert: Path
+    put_default_dir: Path
+    state_dir: Path
+    limits: Limits
+    log: LogSettings
+    clients: Mapping[str, ClientPolicy] = field(default_factory=dict)  # by fingerprint
+
+    def client_for(self, client_fingerprint: str) -> ClientPolicy | None:
+        return self.clients.get(client_fingerprint)
+
+
+# -- loading --------------------------------------------------------------------------
+
+
+class _Walker:
+    """Walks YAML nodes against a schema, collecting values and every problem."""
+
+    def __init__(self, path: Path, loader: yaml.SafeLoader):
+        self.path = path
+        self.loader = loader
+        self.ctx = _Context(path.parent)
+        self.problems: list[str] = []
+
+    def problem(self, node: yaml.Node, key: str, message: str) -> None:
+        self.problems.append(f"{self.path}:{node.start_mark.line + 1}: {key}: {message}")
+
+    def mapping(self, node: yaml.Node, schema: Schema, prefix: str) -> dict[str, Any]:
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, prefix or "(top)", "expected a mapping")
+            return self.defaults(schema)
+        values: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            dotted = f"{prefix}.{key}" if prefix else key
+            if key in values:
+                self.problem(key_node, dotted, "duplicate key")
+            elif key not in schema:
+                known = ", ".join(schema)
+                self.problem(key_node, dotted, f"unknown key (known here: {known})")
+            else:
+                values[key] = self.entry(value_node, schema[key], dotted)
+        for key, spec in schema.items():
+            if key not in values:
+                if isinstance(spec, Setting) and spec.required:
+                    self.problem(node, f"{prefix}.{key}" if prefix else key, "missing")
+                values[key] = self.default(spec)
+        return values
+
+    def entry(self, node: yaml.Node, spec: Any, dotted: str) -> Any:
+        if isinstance(spec, dict):
+            return self.mapping(node, spec, dotted)
+        if isinstance(spec, ClientsSection):
+            return self.clients(node, dotted)
+        try:
+            return spec.convert(self.loader.construct_object(node, deep=True), self.ctx)
+        except (ValueError, yaml.YAMLError) as exc:
+            self.problem(node, dotted, str(exc))
+            return spec.default
+
+    def clients(self, node: yaml.Node, dotted: str) -> dict[str, dict[str, Any]]:
+        if isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null"):
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, dotted, "expected a mapping of client names")
+            return {}
+        clients = {}
+        for key_node, value_node in node.value:
+            name = str(key_node.value)
+            if not CLIENT_NAME.match(name):
+                self.problem(key_node, f"{dotted}.{name}", "client names use A-Z a-z 0-9 _ . @ -")
+            elif name in clients:
+                self.problem(key_node, f"{dotted}.{name}", "duplicate client")
+            else:
+                entry = self.mapping(value_node, CLIENT_SCHEMA, f"{dotted}.{name}")
+                entry["_line"] = key_node
+                clients[name] = entry
+        return clients
+
+    def default(self, spec: Any) -> Any:
+        if isinstance(spec, dict):
+            return self.defaults(spec)
+        if isinstance(spec, ClientsSection):
+            return {}
+        if isinstance(spec.default, Path) and not spec.default.is_absolute():
+            return self.ctx.base_dir / spec.default
+        return spec.default
+
+    def defaults(self, schema: Schema) -> dict[str, Any]:
+        return {key: self.default(spec) for key, spec in schema.items()}
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    path = Path(os.path.abspath(path))
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}:0: (file): cannot read: {exc.strerror}"]) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 0
+        raise ConfigError([f"{path}:{line}: (yaml): {exc}"]) from None
+    finally:
+        loader.dispose()
+    if root is None:
+        root = yaml.MappingNode("tag:yaml.org,2002:map", [])
+    walker = _Walker(path, loader)
+    values = walker.mapping(root, SCHEMA, "")
+    clients = _build_clients(values["clients"], walker)
+    if walker.problems:
+        raise ConfigError(walker.problems)
+    return Config(
+        path=path,
+        listen=values["listen"],
+        key=values["identity"]["key"],
+        cert=values["identity"]["cert"],
+        put_default_dir=values["put"]["default_dir"],
+        state_dir=values["state_dir"],
+        limits=Limits(**values["limits"]),
+        log=LogSettings(**values["log"]),
+        clients=MappingProxyType(clients),
+    )
+
+
+def _build_clients(entries: dict[str, dict[str, Any]], walker: _Walker) -> dict[str, ClientPolicy]:
+    by_fingerprint: dict[str, ClientPolicy] = {}
+    for name, entry in entries.items():
+        if entry["cert"] is None:
+            continue
+        pem, client_fp = entry["cert"]
+        if client_fp in by_fingerprint:
+            other = by_fingerprint[client_fp].name
+            walker.problem(entry["_line"], f"clients.{name}.cert", f"same certificate as {other!r}")
+            continue
+        by_fingerprint[client_fp] = ClientPolicy(
+            name=name,
+            fingerprint=client_fp,
+            cert_pem=pem,
+            allow_exec=entry["allow"]["exec"],
+            allow_put=entry["allow"]["put"],
+            run_as=entry["run_as"],
+        )
+    return by_fingerprint
+
+
+# -- documentation generated from the schema -----------------------------------------
+
+
+def _walk_settings(schema: Schema, prefix: str = ""):
+    for key, spec in schema.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(spec, dict):
+            yield dotted, spec
+            yield from _walk_settings(spec, dotted)
+        else:
+            yield dotted, spec
+
+
+def example_yaml(client_example: bool = True) -> str:
+    """The commented example config (config/radmind.yaml, `radmind init`)."""
+    lines = [
+        "# radmind configuration. Validate with: radmind check -c THIS_FILE",
+        "# Relative paths are relative to this file's folder. Reload with SIGHUP.",
+    ]
+
+    def emit(schema: Schema, indent: str, prefix: str) -> None:
+        for key, spec in schema.items():
+            if isinstance(spec, dict):
+                lines.append(f"{indent}{key}:")
+                emit(spec, indent + "  ", f"{prefix}{key}.")
+            elif isinstance(spec, ClientsSection):
+                lines.append(f"{indent}# {spec.doc}")
+                lines.append(
+                    f"{indent}# Authorize a client with the lines `radmin-cli keygen` prints."
+                )
+                lines.append(f"{indent}clients:" + ("" if client_example else " {}"))
+                if client_example:
+                    lines.append(f"{indent}  ops:  # the client's name, used in logs and replies")
+                    emit(CLIENT_SCHEMA, indent + "    ", "clients.NAME.")
+            else:
+                lines.append(f"{indent}{key}: {spec.example}  # {spec.doc}")
+
+    emit(SCHEMA, "", "")
+    return "\n".join(lines) + "\n"
+
+
+def reference_markdown() -> str:
+    """docs/config.md: one row per key, straight from the schema."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+
+    def add(schema: Schema, prefix: str) -> None:
+        for dotted, spec in _walk_settings(schema, prefix):
+            if isinstance(spec, Setting):
+                default = "(required)" if spec.required else _format_default(spec.default)
+                rows.append(f"| `{dotted}` | {default} | {spec.doc} |")
+            elif isinstance(spec, ClientsSection):
+                rows.append(f"| `{dotted}` | (none) | {spec.doc} |")
+                add(CLIENT_SCHEMA, f"{dotted}.NAME")
+
+    add(SCHEMA, "")
+    return "\n".join(rows) + "\n"
+
+
+def _format_default(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if value == ():
+        return "`[]`"
+    if isinstance(value, tuple) and value and isinstance(value[0], tuple):
+        return "`" + ", ".join(f"{h}:{p}" for h, p in value) + "`"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1024**2:
+        return f"`{value // 1024**3}GiB`"
+    return f"`{value}`"

@@ -1,0 +1,256 @@
+"""Identities and trust: Ed25519 keys, self-signed certificates, fingerprints, known_hosts.
+
+The fingerprint is computed here and only here, from the certificate's DER with a tiny
+DER walker rather than `cryptography`: the client needs it on every connection and
+`cryptography.x509` costs 110-150 ms to import, more than a whole `radmin-cli exec`
+should take. Key generation does use `cryptography`, imported lazily.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from radmin.errors import HostKeyError, RadminError
+
+KEY_FILE_MODE = 0o600
+_PEM_CERT = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END CERTIFICATE-----"
+)
+
+
+# -- fingerprints ---------------------------------------------------------------------
+
+
+def _der_element(der: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, content start, content end) of the DER element at `pos`."""
+    if pos + 2 > len(der):
+        raise ValueError("truncated DER")
+    tag, length = der[pos], der[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4 or pos + count > len(der):
+            raise ValueError("bad DER length")
+        length = int.from_bytes(der[pos : pos + count], "big")
+        pos += count
+    if pos + length > len(der):
+        raise ValueError("truncated DER")
+    return tag, pos, pos + length
+
+
+def spki_der(cert_der: bytes) -> bytes:
+    """The SubjectPublicKeyInfo of an X.509 certificate, as DER.
+
+    Certificate = SEQUENCE { tbsCertificate = SEQUENCE { [0] version OPTIONAL, serial,
+    signature, issuer, validity, subject, subjectPublicKeyInfo, ... }, ... }
+    """
+    sequence = 0x30
+    tag, cert_start, _ = _der_element(cert_der, 0)
+    if tag != sequence:
+        raise ValueError("not a certificate")
+    tag, pos, tbs_end = _der_element(cert_der, cert_start)
+    if tag != sequence:
+        raise ValueError("not a certificate")
+    tag, _, end = _der_element(cert_der, pos)
+    if tag == 0xA0:  # explicit version
+        pos = end
+    for _field in range(5):  # serial, signature, issuer, validity, subject
+        _, _, pos = _der_element(cert_der, pos)
+    tag, _, end = _der_element(cert_der, pos)
+    if tag != sequence or end > tbs_end:
+        raise ValueError("certificate has no SubjectPublicKeyInfo")
+    return cert_der[pos:end]
+
+
+def fingerprint(cert_der: bytes) -> str:
+    """`SHA256:` + unpadded base64 of SHA-256(SPKI): the form OpenSSH users know."""
+    digest = hashlib.sha256(spki_der(cert_der)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def pem_to_der(pem: bytes) -> bytes:
+    """The first certificate of a PEM text, as DER."""
+    match = _PEM_CERT.search(pem)
+    if match is None:
+        raise ValueError("no PEM certificate (-----BEGIN CERTIFICATE-----) found")
+    try:
+        return base64.b64decode(b"".join(match.group(1).split()), validate=True)
+    except ValueError:
+        raise ValueError("PEM certificate is not valid base64") from None
+
+
+def cert_file_fingerprint(path: Path) -> str:
+    return fingerprint(pem_to_der(path.read_bytes()))
+
+
+# -- creating identities --------------------------------------------------------------
+
+
+def _write_file(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
+    """Write atomically: a private temporary file, fsync, then rename or link.
+
+    Without `overwrite` the final step is link(), which fails if the name exists, so
+    an existing key is never clobbered even by a concurrent writer.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def create_identity(key_path: Path, cert_path: Path, role: str, force: bool = False) -> str:
+    """Create an Ed25519 key and a self-signed certificate; return the fingerprint.
+
+    The subject carries the role, the host name and a random tag so every identity's
+    subject is unique. Validity runs to 9999-12-31 (RFC 5280's "no expiry"): trust is
+    by fingerprint, as with SSH keys, and an expiring certificate would lock admins out.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    if not force:
+        for path in (key_path, cert_path):
+            if path.exists():
+                raise RadminError(f"{path} already exists; use --force to replace it")
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key = ed25519.Ed25519PrivateKey.generate()
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "radmin"),
+            x509.NameAttribute(
+                NameOID.COMMON_NAME, f"{role} {socket.gethostname()} {os.urandom(6).hex()}"
+            ),
+        ]
+    )
+    usage = (
+        ExtendedKeyUsageOID.SERVER_AUTH if role == "radmind" else ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc))
+        .not_valid_after(datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .sign(key, None)
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    _write_file(key_path, key_pem, KEY_FILE_MODE, overwrite=force)
+    _write_file(cert_path, cert_pem, 0o644, overwrite=force)
+    return fingerprint(cert.public_bytes(serialization.Encoding.DER))
+
+
+# -- the client's home ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientHome:
+    """The folder holding a client's identity, known_hosts and config.yaml."""
+
+    path: Path
+
+    @classmethod
+    def resolve(cls, override: str | None = None) -> ClientHome:
+        """--home, else $RADMIN_HOME, else $XDG_CONFIG_HOME/radmin, else ~/.config/radmin."""
+        if override:
+            return cls(Path(override).expanduser())
+        if os.environ.get("RADMIN_HOME"):
+            return cls(Path(os.environ["RADMIN_HOME"]).expanduser())
+        if os.environ.get("XDG_CONFIG_HOME"):
+            return cls(Path(os.environ["XDG_CONFIG_HOME"]) / "radmin")
+        return cls(Path.home() / ".config" / "radmin")
+
+    @property
+    def key(self) -> Path:
+        return self.path / "identity.key"
+
+    @property
+    def cert(self) -> Path:
+        return self.path / "identity.crt"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.path / "known_hosts"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+
+# -- known_hosts ----------------------------------------------------------------------
+
+
+class KnownHosts:
+    """`host:port SHA256:...` lines, OpenSSH's accept-new policy by default.
+
+    One instance is shared by the threads of a fan-out; the lock keeps two first
+    contacts with the same host from writing two lines.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def _entries(self) -> dict[str, tuple[str, int]]:
+        entries: dict[str, tuple[str, int]] = {}
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return entries
+        for lineno, line in enumerate(text.splitlines(), 1):
+            words = line.split()
+            if len(words) >= 2 and not words[0].startswith("#"):
+                entries.setdefault(words[0], (words[1], lineno))
+        return entries
+
+    def verify(self, host_port: str, presented: str, strict: bool) -> bool:
+        """Accept a known match; record a new host unless strict. True if recorded now."""
+        with self._lock:
+            known = self._entries().get(host_port)
+            if known is not None:
+                expected, lineno = known
+                if expected == presented:
+                    return False
+                raise HostKeyError(
+                    f"WARNING: HOST KEY CHANGED for {host_port}! The daemon presented "
+                    f"{presented} but {self.path}:{lineno} says {expected}. Someone may be "
+                    f"impersonating the host, or its key was replaced; if you know it was, "
+                    f"remove line {lineno} of {self.path} and connect again"
+                )
+            if strict:
+                raise HostKeyError(
+                    f"host key for {host_port} is not in {self.path} and --strict-host-key "
+                    f"is set (the daemon presented {presented})"
+                )
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            with os.fdopen(fd, "a") as f:
+                f.write(f"{host_port} {presented}\n")
+            return True

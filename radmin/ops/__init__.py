@@ -1,0 +1,35 @@
+"""Daemon-side operations. Each module does one thing and returns an `Outcome`.
+
+The session (radmin/server.py) owns the connection, authentication and dispatch; an
+operation receives an authenticated `Request` and either returns an `Outcome` or raises
+a `RequestError` -- it never writes the RESULT frame itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from radmin.config import ClientPolicy, Config
+from radmin.protocol import FrameSocket
+
+
+@dataclass
+class Request:
+    """One authenticated request, with the config snapshot it runs under."""
+
+    op: str
+    params: dict[str, Any]
+    client: ClientPolicy
+    config: Config
+    conn: FrameSocket
+    log: Any  # a structlog BoundLogger with client/peer/request context
+    shutting_down: Any = None  # threading.Event set when the daemon stops
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to send in the RESULT frame, and what to add to the request's log event."""
+
+    reply: dict[str, Any]
+    log: dict[str, Any] = field(default_factory=dict)
