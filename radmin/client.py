@@ -193,9 +193,15 @@ class Connection:
         try:
             frame_type, message = self.frames.recv_json(*expected, FrameType.ERROR)
         except ConnectionClosed as exc:
+            if self._hello_pending:
+                raise TransportError(self._closed_during_hello()) from None
             raise TransportError(str(exc)) from None
         except ProtocolError as exc:
             raise TransportError(f"protocol error: {exc}") from None
+        except (ssl.SSLEOFError, ConnectionResetError) as exc:
+            if self._hello_pending:
+                raise TransportError(self._closed_during_hello()) from None
+            raise TransportError(_describe_failure(exc, "connection lost")) from None
         except (OSError, ssl.SSLError) as exc:
             raise TransportError(_describe_failure(exc, "connection lost", self.options)) from None
         if frame_type is FrameType.ERROR:
@@ -206,11 +212,22 @@ class Connection:
             raise TransportError(f"daemon reported a {code} error: {text}")
         return frame_type, message
 
+    def _closed_during_hello(self) -> str:
+        """The daemon hung up before answering hello: almost always an unlisted cert."""
+        try:
+            ours = f" {self.options.own_fingerprint()}"
+        except (OSError, ValueError):
+            ours = ""
+        return (
+            "not authorized by daemon? it closed the connection during authentication "
+            f"(is this client's certificate{ours} listed in its clients:?)"
+        )
+
     def _finish_hello(self) -> None:
         if not self._hello_pending:
             return
-        self._hello_pending = False
         _, hello = self._recv_json(FrameType.HELLO)
+        self._hello_pending = False
         self.client_name = str(hello.get("client", ""))
         self.server_software = str(hello.get("software", ""))
 

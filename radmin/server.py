@@ -193,13 +193,12 @@ class Session(socketserver.BaseRequestHandler):
         self.log = self.state.log.bind(peer=_peer(self.client_address))
         deadline = self.started + config.limits.handshake_timeout
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = tls_context.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
         try:
-            tls = tls_context.wrap_socket(
-                self.request, server_side=True, do_handshake_on_connect=False
-            )
             tls_handshake(tls, deadline)
         except (OSError, ssl.SSLError) as exc:
             self.log.warning("handshake_failed", reason=_handshake_reason(exc))
+            _linger_close(tls)
             return
         client_fp = fingerprint(tls.getpeercert(binary_form=True))
         self.log = self.log.bind(fingerprint=client_fp)
@@ -252,11 +251,11 @@ class Session(socketserver.BaseRequestHandler):
     # -- the steps ---------------------------------------------------------------------
 
     def _hello(self) -> str:
+        _, hello = self.conn.recv_json(FrameType.HELLO)
         config, _ = self.state.snapshot()
         client = config.client_for(self.client_fp)
         if client is None:  # listed when the handshake began, removed by a reload since
             raise NotAuthorized(f"client certificate {self.client_fp} is not authorized")
-        _, hello = self.conn.recv_json(FrameType.HELLO)
         offered = hello.get("protocols")
         if not isinstance(offered, list):
             raise ProtocolError("HELLO must list the client's 'protocols'")
@@ -342,6 +341,27 @@ class Session(socketserver.BaseRequestHandler):
             self.conn.send_json(FrameType.ERROR, {"code": code, "message": message})
         except (OSError, RadminError):
             pass
+
+
+def _linger_close(sock: socket.socket, seconds: float = 0.25) -> None:
+    """Close without a reset, so the peer can still read the TLS alert we just sent.
+
+    Closing a socket with unread input (a client's first frames, sent right after its
+    half of the handshake) makes the kernel send RST, which can destroy the alert
+    before the client reads it; the client would then see a bare EOF instead of
+    "certificate unknown". So: half-close, drain briefly, then close.
+    """
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            if not sock.recv(65536):
+                break
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 def _handshake_reason(exc: BaseException) -> str:

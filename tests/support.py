@@ -1,0 +1,191 @@
+"""Helpers that run the real programs: a real radmind on 127.0.0.1, the real radmin-cli.
+
+`daemon_factory` writes a config into a temporary folder, starts `radmind run` as a
+subprocess listening on port 0 (the kernel picks a free port, no race), reads the bound
+port from the daemon's JSON log, and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from radmin.identity import ClientHome, cert_file_fingerprint, create_identity
+from radmin.protocol import FrameSocket, FrameType
+from radmin.tls import client_context
+
+BIN = Path(sys.executable).parent
+RADMIND = str(BIN / "radmind")
+RADMIN_CLI = str(BIN / "radmin-cli")
+
+
+def make_client_home(path: Path) -> ClientHome:
+    home = ClientHome(path)
+    create_identity(home.key, home.cert, "radmin-cli")
+    return home
+
+
+class Daemon:
+    """A running radmind subprocess and the files around it."""
+
+    def __init__(self, folder: Path, config: dict[str, Any]):
+        self.folder = folder
+        self.config_path = folder / "radmind.yaml"
+        self.log_path = folder / "radmind.log"
+        self.config = config
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.ports: list[int] = []
+
+    def write_config(self, config: dict[str, Any] | None = None) -> None:
+        if config is not None:
+            self.config = config
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    def start(self, timeout: float = 10.0) -> Daemon:
+        self.write_config()
+        self.log_path.write_text("")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [RADMIND, "run", "-c", str(self.config_path)],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events():
+                if event.get("event") == "listening":
+                    self.ports = [int(a.rsplit(":", 1)[1]) for a in event["addresses"]]
+                    self.port = self.ports[0]
+                    return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"radmind exited: {self.log_path.read_text()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"radmind did not start: {self.log_path.read_text()}")
+
+    def events(self) -> list[dict[str, Any]]:
+        """The daemon's JSON log lines parsed (non-JSON lines are kept as 'raw')."""
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                out.append({"event": "raw", "line": line})
+        return out
+
+    def wait_for_event(self, predicate, timeout: float = 5.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events():
+                if predicate(event):
+                    return event
+            time.sleep(0.02)
+        raise AssertionError(f"no matching log event; log:\n{self.log_path.read_text()}")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def base_config(server_identity: Path, state_dir: Path, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "listen": ["127.0.0.1:0"],
+        "identity": {
+            "key": str(server_identity / "server.key"),
+            "cert": str(server_identity / "server.crt"),
+        },
+        "clients": {},
+        "put": {"default_dir": str(state_dir / "uploads")},
+        "state_dir": str(state_dir / "state"),
+        "limits": {"handshake_timeout": 2},
+        "log": {"level": "debug", "format": "json"},
+    }
+    config.update(overrides)
+    return config
+
+
+def client_entry(home: ClientHome, exec_allow=("*",), put_allow=("/**",)) -> dict[str, Any]:
+    return {"cert": str(home.cert), "allow": {"exec": list(exec_allow), "put": list(put_allow)}}
+
+
+def run_cli(
+    home: ClientHome | Path | None,
+    *args: str,
+    input: bytes | None = None,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the real radmin-cli; stdin is empty unless `input` is given."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("RADMIN_HOME", "RADMIN_CONFIG")}
+    if home is not None:
+        full_env["RADMIN_HOME"] = str(home.path if isinstance(home, ClientHome) else home)
+    full_env.update(env or {})
+    return subprocess.run(
+        [RADMIN_CLI, *args],
+        input=input if input is not None else b"",
+        capture_output=True,
+        timeout=timeout,
+        env=full_env,
+    )
+
+
+def fingerprint_of(home: ClientHome) -> str:
+    return cert_file_fingerprint(home.cert)
+
+
+def tls_connect(home: ClientHome, port: int, host: str = "127.0.0.1") -> ssl.SSLSocket:
+    """A raw mutual-TLS connection as `home`'s identity, for speaking frames by hand."""
+    context = client_context(home.key, home.cert)
+    raw = socket.create_connection((host, port), timeout=10)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return context.wrap_socket(raw)
+
+
+def frames_after_hello(home: ClientHome, port: int) -> FrameSocket:
+    """A FrameSocket that has completed the hello exchange."""
+    frames = FrameSocket(tls_connect(home, port))
+    frames.send_json(FrameType.HELLO, {"protocols": [1], "software": "test"})
+    frame_type, _ = frames.recv_json(FrameType.HELLO)
+    assert frame_type is FrameType.HELLO
+    return frames
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Everything the peer sends until it closes (raises on timeout)."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
