@@ -361,9 +361,13 @@ class _Walker:
         self.loader = loader
         self.ctx = _Context(path.parent)
         self.problems: list[str] = []
+        self.lines: dict[str, int] = {}  # dotted key -> line of its value, for later checks
 
     def problem(self, node: yaml.Node, key: str, message: str) -> None:
-        self.problems.append(f"{self.path}:{node.start_mark.line + 1}: {key}: {message}")
+        self.problem_at(node.start_mark.line + 1, key, message)
+
+    def problem_at(self, line: int, key: str, message: str) -> None:
+        self.problems.append(f"{self.path}:{line}: {key}: {message}")
 
     def mapping(self, node: yaml.Node, schema: Schema, prefix: str) -> dict[str, Any]:
         if not isinstance(node, yaml.MappingNode):
@@ -388,6 +392,7 @@ class _Walker:
         return values
 
     def entry(self, node: yaml.Node, spec: Any, dotted: str) -> Any:
+        self.lines[dotted] = node.start_mark.line + 1
         if isinstance(spec, dict):
             return self.mapping(node, spec, dotted)
         if isinstance(spec, ClientsSection):
@@ -412,9 +417,7 @@ class _Walker:
             elif name in clients:
                 self.problem(key_node, f"{dotted}.{name}", "duplicate client")
             else:
-                entry = self.mapping(value_node, CLIENT_SCHEMA, f"{dotted}.{name}")
-                entry["_line"] = key_node
-                clients[name] = entry
+                clients[name] = self.mapping(value_node, CLIENT_SCHEMA, f"{dotted}.{name}")
         return clients
 
     def default(self, spec: Any) -> Any:
@@ -451,6 +454,8 @@ def load_config(path: Path) -> Config:
     walker = _Walker(path, loader)
     values = walker.mapping(root, SCHEMA, "")
     clients = _build_clients(values["clients"], walker)
+    if not walker.problems:
+        _check_identity_pair(values["identity"]["key"], values["identity"]["cert"], walker)
     if walker.problems:
         raise ConfigError(walker.problems)
     return Config(
@@ -466,6 +471,19 @@ def load_config(path: Path) -> Config:
     )
 
 
+def _check_identity_pair(key: Path, cert: Path, walker: _Walker) -> None:
+    """Load the pair the way the daemon will, so `check` catches what `run` would hit."""
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        reason = "does not match identity.cert" if "MISMATCH" in str(exc) else "unusable"
+        walker.problem_at(
+            walker.lines.get("identity.key", 0), "identity.key", f"{key} {reason} ({exc.reason})"
+        )
+
+
 def _build_clients(entries: dict[str, dict[str, Any]], walker: _Walker) -> dict[str, ClientPolicy]:
     by_fingerprint: dict[str, ClientPolicy] = {}
     for name, entry in entries.items():
@@ -474,7 +492,8 @@ def _build_clients(entries: dict[str, dict[str, Any]], walker: _Walker) -> dict[
         pem, client_fp = entry["cert"]
         if client_fp in by_fingerprint:
             other = by_fingerprint[client_fp].name
-            walker.problem(entry["_line"], f"clients.{name}.cert", f"same certificate as {other!r}")
+            key = f"clients.{name}.cert"
+            walker.problem_at(walker.lines.get(key, 0), key, f"same certificate as {other!r}")
             continue
         by_fingerprint[client_fp] = ClientPolicy(
             name=name,
@@ -536,7 +555,8 @@ def reference_markdown() -> str:
         for dotted, spec in _walk_settings(schema, prefix):
             if isinstance(spec, Setting):
                 default = "(required)" if spec.required else _format_default(spec.default)
-                rows.append(f"| `{dotted}` | {default} | {spec.doc} |")
+                doc = spec.doc.replace("|", "\\|")
+                rows.append(f"| `{dotted}` | {default} | {doc} |")
             elif isinstance(spec, ClientsSection):
                 rows.append(f"| `{dotted}` | (none) | {spec.doc} |")
                 add(CLIENT_SCHEMA, f"{dotted}.NAME")

@@ -80,6 +80,8 @@ class HostBook:
                 text = f.read()
         except FileNotFoundError:
             return cls({}, {})
+        except OSError as exc:
+            raise HostSpecError(f"{path}: cannot read: {exc.strerror}") from None
         import yaml
 
         try:

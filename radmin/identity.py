@@ -183,8 +183,9 @@ class ClientHome:
             return cls(Path(override).expanduser())
         if os.environ.get("RADMIN_HOME"):
             return cls(Path(os.environ["RADMIN_HOME"]).expanduser())
-        if os.environ.get("XDG_CONFIG_HOME"):
-            return cls(Path(os.environ["XDG_CONFIG_HOME"]) / "radmin")
+        xdg = os.environ.get("XDG_CONFIG_HOME", "")
+        if os.path.isabs(xdg):  # the XDG spec: relative values are ignored
+            return cls(Path(xdg) / "radmin")
         return cls(Path.home() / ".config" / "radmin")
 
     @property
@@ -250,7 +251,10 @@ class KnownHosts:
                     f"is set (the daemon presented {presented})"
                 )
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            with os.fdopen(fd, "a") as f:
-                f.write(f"{host_port} {presented}\n")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            with os.fdopen(fd, "r+b") as f:
+                size = f.seek(0, os.SEEK_END)
+                # A hand-edited file may lack its final newline: never glue two entries.
+                needs_newline = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+                f.write(b"\n" * needs_newline + f"{host_port} {presented}\n".encode())
             return True

@@ -84,7 +84,11 @@ def _run(path: Path, detach: bool, pidfile: str | None) -> int:
     config = load_config(path)
     if detach:
         raise RadminError("--detach is not available yet; run under systemd or in the foreground")
-    daemon = Daemon(config)
+    try:
+        daemon = Daemon(config)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        print(f"radmind: cannot load the identity or client certificates: {exc}", file=sys.stderr)
+        return 1
     try:
         daemon.bind()
     except OSError as exc:
