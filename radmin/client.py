@@ -13,6 +13,8 @@ request (exit status 1). Kept lean: it is on `radmin-cli`'s start-up path.
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import socket
 import ssl
 import threading
@@ -30,7 +32,7 @@ from radmin.errors import (
 )
 from radmin.hosts import Target
 from radmin.identity import ClientHome, KnownHosts, fingerprint
-from radmin.protocol import FrameSocket, FrameType
+from radmin.protocol import HIGH_WATER, MAX_DATA, FrameSocket, FrameType
 
 # TLS alerts a daemon sends when our certificate is not in its clients: section.
 _REFUSED_ALERTS = {
@@ -94,6 +96,26 @@ class PingResult(NamedTuple):
     client: str  # the name the daemon knows us by
     rtt_s: float  # one request/reply on the open connection
     connect_s: float  # TCP + TLS + host key check + hello
+
+
+class ExecResult(NamedTuple):
+    exit_code: int | None  # None when a signal ended the command
+    signal: int | None
+    timed_out: bool
+    cancelled: bool
+    duration_s: float
+    stdout: bytes = b""  # filled by Connection.run(), empty when streamed to callbacks
+    stderr: bytes = b""
+
+    @property
+    def status(self) -> int:
+        """The shell's convention: the exit code, or 128 + the signal number."""
+        if self.exit_code is not None:
+            return self.exit_code
+        return 128 + (self.signal or 0)
+
+
+OutputCallback = Callable[[bytes], None]
 
 
 def connect(target: Target, options: ClientOptions) -> Connection:
@@ -267,6 +289,148 @@ class Connection:
             rtt_s=rtt,
             connect_s=self.connect_s,
         )
+
+    def exec(
+        self,
+        command: str,
+        *,
+        stdin: bytes | int | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+        cancel_fd: int | None = None,
+    ) -> ExecResult:
+        """Run `command` with `/bin/sh -c` on the host, streaming its output to callbacks.
+
+        stdin: None sends none (EOF at once), bytes are sent then EOF, an int is a file
+        descriptor streamed until its EOF. cancel_fd: when it becomes readable the
+        command is cancelled (the daemon kills its process group).
+        """
+        self.request("exec", command=command, cwd=cwd, env=env or {}, timeout=timeout,
+                     stdin=stdin is not None)
+        frame_type, reply = self._recv_json(FrameType.PROCEED, FrameType.RESULT)
+        if frame_type is FrameType.RESULT:
+            self._check(reply)
+            raise TransportError("protocol error: exec ended without starting")
+        ignore: OutputCallback = lambda data: None  # noqa: E731
+        stream = _ExecStream(self, stdin, on_stdout or ignore, on_stderr or ignore, cancel_fd)
+        try:
+            result = stream.run()
+        except (OSError, ssl.SSLError) as exc:
+            raise TransportError(_describe_failure(exc, "connection lost")) from None
+        except ConnectionClosed as exc:
+            raise TransportError(f"connection lost: {exc}") from None
+        except ProtocolError as exc:
+            raise TransportError(f"protocol error: {exc}") from None
+        return ExecResult(
+            exit_code=result.get("exit_code"),
+            signal=result.get("signal"),
+            timed_out=bool(result.get("timed_out")),
+            cancelled=bool(result.get("cancelled")),
+            duration_s=float(result.get("duration_s", 0.0)),
+        )
+
+    def run(self, command: str, **options: Any) -> ExecResult:
+        """exec() that collects stdout and stderr into the result (for small outputs)."""
+        out, err = bytearray(), bytearray()
+        result = self.exec(command, on_stdout=out.extend, on_stderr=err.extend, **options)
+        return result._replace(stdout=bytes(out), stderr=bytes(err))
+
+
+class _ExecStream:
+    """The client half of an exec: forward stdin, deliver output, watch for cancel.
+
+    One poll() loop over the socket, the stdin source and the cancel fd, with the same
+    back-pressure rule as the daemon: never queue more than HIGH_WATER bytes to send.
+    """
+
+    def __init__(self, conn: Connection, stdin: bytes | int | None,
+                 on_stdout: OutputCallback, on_stderr: OutputCallback, cancel_fd: int | None):
+        self.frames = conn.frames
+        self.conn = conn
+        self.stdin_fd = stdin if isinstance(stdin, int) else None
+        self.on_output = {FrameType.STDOUT: on_stdout, FrameType.STDERR: on_stderr}
+        self.cancel_fd = cancel_fd
+        self.cancel_sent_at: float | None = None
+        self.input_done = False
+        self.result: dict[str, Any] | None = None
+        if isinstance(stdin, bytes):
+            for start in range(0, len(stdin), MAX_DATA):
+                self.frames.queue(FrameType.STDIN, stdin[start : start + MAX_DATA])
+            self._end_input()
+        elif stdin is None:
+            self._end_input()
+
+    def _end_input(self) -> None:
+        if not self.input_done:
+            self.input_done = True
+            self.frames.queue(FrameType.EOF)
+
+    def run(self) -> dict[str, Any]:
+        sock = self.frames.sock
+        sock.setblocking(False)
+        try:
+            while self.result is None:
+                self._step(sock.fileno())
+            self._end_input()  # the command is done: stop reading our stdin
+            while not self.frames.flush():
+                select.select([], [sock], [], self.conn.options.connect_timeout)
+        finally:
+            sock.settimeout(self.conn.options.connect_timeout)
+        return self.result
+
+    def _step(self, sock_fd: int) -> None:
+        readers = [sock_fd]
+        if self.stdin_fd is not None and not self.input_done and self.frames.queued < HIGH_WATER:
+            readers.append(self.stdin_fd)
+        if self.cancel_fd is not None and self.cancel_sent_at is None:
+            readers.append(self.cancel_fd)
+        writers = [sock_fd] if self.frames.queued else []
+        timeout = None
+        if self.cancel_sent_at is not None:
+            timeout = max(0.0, self.cancel_sent_at + CANCEL_WAIT - time.monotonic())
+            if timeout == 0:
+                raise TransportError("cancelled, but the daemon did not confirm in time")
+        readable, _, _ = select.select(readers, writers, [], timeout)
+        if self.cancel_fd in readable:
+            self.frames.queue_json(FrameType.CANCEL, {})
+            self.cancel_sent_at = time.monotonic()
+        if self.stdin_fd in readable:
+            data = os.read(self.stdin_fd, 64 * 1024)
+            if data:
+                self.frames.queue(FrameType.STDIN, data)
+            else:
+                self._end_input()
+        if sock_fd in readable:
+            while self.result is None and (frame := self.frames.poll_frame()) is not None:
+                self._on_frame(frame.type, frame.payload)
+        self.frames.flush()
+
+    def _on_frame(self, frame_type: FrameType, payload: memoryview) -> None:
+        callback = self.on_output.get(frame_type)
+        if callback is not None:
+            callback(bytes(payload))
+        elif frame_type is FrameType.RESULT:
+            self.result = Connection._check(self.frames_json(frame_type, payload))
+        elif frame_type is FrameType.ERROR:
+            message = self.frames_json(frame_type, payload)
+            raise TransportError(f"daemon reported a protocol error: {message.get('message')}")
+        else:
+            raise TransportError(f"protocol error: unexpected {frame_type.name} during exec")
+
+    @staticmethod
+    def frames_json(frame_type: FrameType, payload: memoryview) -> dict[str, Any]:
+        from radmin.protocol import decode_json
+
+        try:
+            return decode_json(frame_type, payload)
+        except ProtocolError as exc:
+            raise TransportError(f"protocol error: {exc}") from None
+
+
+CANCEL_WAIT = 5.0  # seconds to wait for the daemon's RESULT after a CANCEL
 
 
 def _describe_failure(exc: BaseException, what: str, options: ClientOptions | None = None) -> str:

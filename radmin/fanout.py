@@ -1,4 +1,4 @@
-"""Many hosts at once: a bounded pool of threads, results in the order hosts were given.
+"""Many hosts at once: a bounded pool of threads, per-host outcomes, prefixes, summaries.
 
 Threads, not asyncio: the work is blocking TLS I/O that releases the GIL, and asyncio
 alone costs ~90 ms to import on the client's start-up path.
@@ -6,20 +6,28 @@ alone costs ~90 ms to import on the client's start-up path.
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, BinaryIO, NamedTuple, TypeVar
+
+from radmin.client import ClientOptions, ExecResult, RemoteError, connect
+from radmin.errors import TransportError
+from radmin.hosts import Target
 
 T = TypeVar("T")
 R = TypeVar("R")
 
+OK, FAILED, UNREACHABLE = "ok", "failed", "unreachable"
+_MAX_PARTIAL_LINE = 64 * 1024
+
 
 def run_parallel(items: Sequence[T], work: Callable[[T], R], parallel: int) -> list[R]:
     """Run `work` on every item with at most `parallel` at once; `work` must not raise."""
-    results: list[R | None] = [None] * len(items)
     if len(items) == 1:
-        results[0] = work(items[0])
-        return results  # type: ignore[return-value]
+        return [work(items[0])]
+    results: list[Any] = [None] * len(items)
     next_index = iter(range(len(items)))
     lock = threading.Lock()
 
@@ -31,11 +39,138 @@ def run_parallel(items: Sequence[T], work: Callable[[T], R], parallel: int) -> l
                 return
             results[index] = work(items[index])
 
-    threads = [
-        threading.Thread(target=worker, daemon=True) for _ in range(min(parallel, len(items)))
-    ]
+    threads = [threading.Thread(target=worker, daemon=True)
+               for _ in range(min(max(1, parallel), len(items)))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return results  # type: ignore[return-value]
+    return results
+
+
+class HostOutcome(NamedTuple):
+    target: Target
+    kind: str  # OK, FAILED or UNREACHABLE
+    status: int  # what the CLI would exit with for this host alone
+    error: str | None  # why it failed or was unreachable; None for a plain non-zero exit
+    result: ExecResult | None = None
+
+    def reason(self) -> str:
+        if self.error:
+            return self.error
+        result = self.result
+        if result is None:
+            return "failed"
+        if result.timed_out:
+            return "timed out"
+        if result.exit_code is None:
+            return f"killed by signal {result.signal}"
+        return f"exit {result.exit_code}"
+
+
+class SharedOutput:
+    """A binary stream several threads write whole chunks to."""
+
+    def __init__(self, stream: BinaryIO):
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self.lock:
+            self.stream.write(data)
+            self.stream.flush()
+
+
+class LinePrefixer:
+    """Writes whole lines as `label: line`; a partial last line waits for more or close()."""
+
+    def __init__(self, label: str, out: SharedOutput):
+        self.prefix = label.encode() + b": "
+        self.out = out
+        self.pending = b""
+
+    def feed(self, data: bytes) -> None:
+        data = self.pending + data
+        cut = data.rfind(b"\n") + 1
+        if cut == 0 and len(data) > _MAX_PARTIAL_LINE:  # a huge line: pass it on in pieces
+            cut = len(data)
+            data += b"\n"
+        self.pending = data[cut:]
+        if cut:
+            lines = data[:cut].splitlines(keepends=True)
+            self.out.write(b"".join(self.prefix + line for line in lines))
+
+    def close(self) -> None:
+        if self.pending:
+            self.out.write(self.prefix + self.pending + b"\n")
+            self.pending = b""
+
+
+def exec_on_host(
+    target: Target,
+    options: ClientOptions,
+    command: str,
+    on_stdout: Callable[[bytes], None],
+    on_stderr: Callable[[bytes], None],
+    **exec_options: Any,
+) -> HostOutcome:
+    """Run one command on one host and classify the outcome; never raises."""
+    try:
+        with connect(target, options) as conn:
+            result = conn.exec(command, on_stdout=on_stdout, on_stderr=on_stderr,
+                               **exec_options)
+    except TransportError as exc:
+        return HostOutcome(target, UNREACHABLE, 255, str(exc))
+    except RemoteError as exc:
+        return HostOutcome(target, FAILED, REFUSED_STATUS, f"{exc.code}: {exc}")
+    kind = OK if result.status == 0 and not result.timed_out else FAILED
+    return HostOutcome(target, kind, result.status, None, result)
+
+
+# exec refused or not startable on the host (policy, bad --cwd, bad -e): the shell's
+# "cannot execute" status, distinct from the remote command's own codes and from 255.
+REFUSED_STATUS = 126
+
+
+def summary_line(outcomes: Sequence[HostOutcome]) -> str:
+    """`3 ok, 1 failed (web4: exit 2), 1 unreachable (web5: connection refused)`."""
+    parts = []
+    for kind in (OK, FAILED, UNREACHABLE):
+        group = [o for o in outcomes if o.kind == kind]
+        if not group:
+            continue
+        text = f"{len(group)} {kind}"
+        if kind != OK:
+            text += " (" + ", ".join(f"{o.target.label}: {o.reason()}" for o in group) + ")"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def combined_status(outcomes: Sequence[HostOutcome]) -> int:
+    """One host: its own status. Several: 0 if all ok, 255 if any unreachable, else 1."""
+    if len(outcomes) == 1:
+        return outcomes[0].status
+    if all(o.kind == OK for o in outcomes):
+        return 0
+    return 255 if any(o.kind == UNREACHABLE for o in outcomes) else 1
+
+
+def json_record(outcome: HostOutcome, stdout: bytes, stderr: bytes) -> str:
+    """One host's --json line. Output that is not UTF-8 is given with U+FFFD replacements
+    in `stdout`/`stderr` and exactly in `stdout_base64`/`stderr_base64`."""
+    result = outcome.result
+    record: dict[str, Any] = {
+        "host": outcome.target.label,
+        "exit_code": None if outcome.kind == UNREACHABLE else outcome.status,
+        "stdout": stdout.decode("utf-8", "replace"),
+        "stderr": stderr.decode("utf-8", "replace"),
+        "duration_s": result.duration_s if result else None,
+        "error": outcome.error if outcome.error else
+        ("timed out" if result and result.timed_out else None),
+    }
+    for name, data in (("stdout", stdout), ("stderr", stderr)):
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            record[f"{name}_base64"] = base64.b64encode(data).decode()
+    return json.dumps(record)

@@ -34,6 +34,7 @@ from radmin.errors import (
 from radmin.identity import fingerprint
 from radmin.log import get_logger
 from radmin.ops import Outcome, Request
+from radmin.ops import exec as exec_op
 from radmin.ops import ping as ping_op
 from radmin.protocol import FrameSocket, FrameType
 from radmin.tls import server_context
@@ -43,6 +44,7 @@ SUPPORTED_PROTOCOLS = (PROTOCOL_VERSION,)
 # The only operations a client can ask for: an explicit table, never a name lookup.
 OPERATIONS: dict[str, Callable[[Request], Outcome]] = {
     "ping": ping_op.run,
+    "exec": exec_op.run,
 }
 
 
@@ -278,7 +280,7 @@ class Session(socketserver.BaseRequestHandler):
             config, _ = self.state.snapshot()
             self.conn.sock.settimeout(config.limits.idle_timeout)
             try:
-                _, message = self.conn.recv_json(FrameType.REQUEST)
+                frame_type, message = self.conn.recv_json(FrameType.REQUEST, FrameType.CANCEL)
             except ConnectionClosed as exc:
                 if exc.truncated:
                     raise ProtocolError(str(exc)) from None
@@ -289,6 +291,8 @@ class Session(socketserver.BaseRequestHandler):
                 if self.state.stopping.is_set():
                     return "daemon_stopping"
                 raise
+            if frame_type is FrameType.CANCEL:
+                continue  # it raced the RESULT of the request it meant to cancel
             self.busy = True
             try:
                 self._run_request(config, message)
@@ -304,7 +308,6 @@ class Session(socketserver.BaseRequestHandler):
         started = time.monotonic()
         client = config.client_for(self.client_fp)
         operation = OPERATIONS.get(op_name) if isinstance(op_name, str) else None
-        log_fields: dict[str, Any] = {}
         try:
             if client is None:
                 raise NotAuthorized("this client is no longer authorized (config reloaded)")
@@ -320,20 +323,23 @@ class Session(socketserver.BaseRequestHandler):
                 shutting_down=self.state.stopping,
             )
             outcome = operation(request)
-            reply = {"ok": True, **outcome.reply}
-            log_fields = outcome.log
-            result = "ok"
         except RequestError as exc:
-            reply = {"ok": False, "error": exc.code, "message": str(exc)}
+            outcome = Outcome({"ok": False, "error": exc.code, "message": str(exc)})
             result = exc.code
-        self.conn.send_json(FrameType.RESULT, reply)
-        log.info(
-            "request",
-            outcome=result,
-            error=reply.get("message"),
-            duration_s=round(time.monotonic() - started, 4),
-            **log_fields,
-        )
+        except ConnectionClosed as exc:
+            fields = {"error": str(exc), "duration_s": round(time.monotonic() - started, 4),
+                      **exc.details}
+            log.warning("request", **{**fields, "outcome": "disconnected"})
+            raise
+        else:
+            outcome = Outcome({"ok": True, **outcome.reply}, outcome.log, outcome.after_reply)
+            result = "ok"
+        self.conn.send_json(FrameType.RESULT, outcome.reply)
+        fields = {"error": outcome.reply.get("message"),
+                  "duration_s": round(time.monotonic() - started, 4), **outcome.log}
+        log.info("request", outcome=result, **fields)
+        if outcome.after_reply is not None:
+            outcome.after_reply()
 
     def _send_error(self, code: str, message: str) -> None:
         try:

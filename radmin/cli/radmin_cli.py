@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="radmin-cli", description="radmin client: run commands and upload files over mTLS"
     )
     parser.add_argument("--version", action="version", version=f"radmin-cli {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
 
     keygen = commands.add_parser("keygen", help="create this client's identity")
     keygen.add_argument("--force", action="store_true", help="replace an existing identity")
@@ -52,6 +52,23 @@ def _parser() -> argparse.ArgumentParser:
     ping.add_argument("hosts", metavar="HOSTS", help="host[:port],alias,@group,...")
     ping.add_argument("-p", "--parallel", type=int, default=32, metavar="N")
     _trust_options(ping)
+
+    run = commands.add_parser(
+        "exec", help="run a shell command on each host",
+        usage="radmin-cli exec [OPTIONS] HOSTS COMMAND...",
+    )
+    run.add_argument("-t", "--timeout", type=float, metavar="SECONDS",
+                     help="kill the command's process group after this long")
+    run.add_argument("--cwd", metavar="DIR", help="working directory (default: the user's home)")
+    run.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE",
+                     help="set an environment variable (repeatable)")
+    run.add_argument("--json", action="store_true", help="one JSON object per host per line")
+    run.add_argument("-p", "--parallel", type=int, default=32, metavar="N",
+                     help="hosts at once (default 32)")
+    run.add_argument("-n", dest="no_stdin", action="store_true", help="send no stdin")
+    _trust_options(run)
+    run.add_argument("hosts", metavar="HOSTS", help="host[:port],alias,@group,...")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
     return parser
 
 
@@ -60,13 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     from radmin.identity import ClientHome
 
     home = ClientHome.resolve(args.home)
-    handler = {"keygen": _keygen, "fingerprint": _fingerprint, "ping": _ping}[args.command]
+    handler = {"keygen": _keygen, "fingerprint": _fingerprint, "ping": _ping,
+               "exec": _exec}[args.subcommand]
     try:
         return handler(args, home)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return EXIT_FAILED
+    except BrokenPipeError:  # our reader went away (| head): quietly, like a shell tool
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
 
 
 def _error(message: str) -> None:
@@ -170,6 +191,98 @@ def _ping(args: argparse.Namespace, home) -> int:
 
     statuses = run_parallel(targets, ping_one, max(1, args.parallel))
     return max(statuses)
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str] | None:
+    import re
+
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            _error(f"-e {pair!r}: expected NAME=VALUE with NAME made of letters, digits and _")
+            return None
+        env[name] = value
+    return env
+
+
+def _cancel_on_sigint() -> tuple[int, list[bool]]:
+    """First Ctrl-C: make the returned fd readable (the exec loops send CANCEL and wait
+    for the daemon to confirm). Second Ctrl-C: exit at once."""
+    import os
+    import signal
+
+    read_fd, write_fd = os.pipe()
+    pressed = [False]
+
+    def on_sigint(signum, frame) -> None:
+        if pressed[0]:
+            os._exit(130)
+        pressed[0] = True
+        os.write(write_fd, b"x")
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return read_fd, pressed
+
+
+def _exec(args: argparse.Namespace, home) -> int:
+    import os
+
+    from radmin.fanout import (
+        LinePrefixer,
+        SharedOutput,
+        combined_status,
+        exec_on_host,
+        json_record,
+        run_parallel,
+        summary_line,
+    )
+
+    command = " ".join(args.command)
+    if not command.strip():
+        _error("exec: no COMMAND given")
+        return EXIT_USAGE
+    env = _parse_env(args.env)
+    targets = _resolve_hosts(args.hosts, home)
+    if env is None or targets is None:
+        return EXIT_USAGE
+    options = _options(args, home)
+    several = len(targets) > 1
+    stdin: bytes | int | None = None
+    if not args.no_stdin and not os.isatty(0):
+        stdin = sys.stdin.buffer.read() if several else 0  # several hosts: each gets a copy
+    cancel_fd, cancelled = _cancel_on_sigint()
+    stdout, stderr = SharedOutput(sys.stdout.buffer), SharedOutput(sys.stderr.buffer)
+    exec_options = {"stdin": stdin, "cwd": args.cwd, "env": env, "timeout": args.timeout,
+                    "cancel_fd": cancel_fd}
+
+    def one_host(target):
+        if args.json:
+            out, err = bytearray(), bytearray()
+            outcome = exec_on_host(target, options, command, out.extend, err.extend,
+                                   **exec_options)
+            stdout.write(json_record(outcome, bytes(out), bytes(err)).encode() + b"\n")
+            return outcome
+        if not several:
+            outcome = exec_on_host(target, options, command, stdout.write, stderr.write,
+                                   **exec_options)
+        else:
+            out, err = LinePrefixer(target.label, stdout), LinePrefixer(target.label, stderr)
+            outcome = exec_on_host(target, options, command, out.feed, err.feed, **exec_options)
+            out.close()
+            err.close()
+        if outcome.error:
+            _error(f"{target.label}: {outcome.error}")
+        elif outcome.result and outcome.result.timed_out:
+            _error(f"{target.label}: timed out; the daemon killed the command's process group")
+        return outcome
+
+    outcomes = run_parallel(targets, one_host, args.parallel)
+    if several and not args.json:
+        print(summary_line(outcomes), file=sys.stderr)
+    if cancelled[0]:
+        return 130
+    return combined_status(outcomes)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ a `RequestError` -- it never writes the RESULT frame itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,3 +34,6 @@ class Outcome:
 
     reply: dict[str, Any]
     log: dict[str, Any] = field(default_factory=dict)
+    # Runs once the RESULT is sent, to bring the stream back in step (e.g. discard input
+    # the client sent before it saw the RESULT).
+    after_reply: Callable[[], None] | None = None
