@@ -118,6 +118,14 @@ class ExecResult(NamedTuple):
 OutputCallback = Callable[[bytes], None]
 
 
+class PutResult(NamedTuple):
+    status: str  # "changed" or "unchanged"
+    path: str  # where the file is on the host
+    bytes: int  # bytes transferred (0 when unchanged or only metadata changed)
+    sha256: str
+    duration_s: float
+
+
 def connect(target: Target, options: ClientOptions) -> Connection:
     conn = Connection(target, options)
     try:
@@ -308,8 +316,14 @@ class Connection:
         descriptor streamed until its EOF. cancel_fd: when it becomes readable the
         command is cancelled (the daemon kills its process group).
         """
-        self.request("exec", command=command, cwd=cwd, env=env or {}, timeout=timeout,
-                     stdin=stdin is not None)
+        self.request(
+            "exec",
+            command=command,
+            cwd=cwd,
+            env=env or {},
+            timeout=timeout,
+            stdin=stdin is not None,
+        )
         frame_type, reply = self._recv_json(FrameType.PROCEED, FrameType.RESULT)
         if frame_type is FrameType.RESULT:
             self._check(reply)
@@ -338,6 +352,83 @@ class Connection:
         result = self.exec(command, on_stdout=out.extend, on_stderr=err.extend, **options)
         return result._replace(stdout=bytes(out), stderr=bytes(err))
 
+    def put(
+        self,
+        local_path: str,
+        remote_path: str | None = None,
+        *,
+        mode: int | None = None,
+        owner: str | None = None,
+        group: str | None = None,
+        sha256: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> PutResult:
+        """Upload a file; the host ends with its old file or the complete verified one.
+
+        sha256: the file's digest if already known (a fan-out hashes once for all hosts).
+        progress: called with the number of bytes just sent.
+        """
+        started = time.monotonic()
+        info = os.stat(local_path)
+        if sha256 is None:
+            from radmin.hashing import file_sha256
+
+            sha256 = file_sha256(local_path)
+        self.request(
+            "put",
+            path=remote_path,
+            name=os.path.basename(local_path),
+            size=info.st_size,
+            sha256=sha256,
+            mode=info.st_mode & 0o7777 if mode is None else mode,
+            owner=owner,
+            group=group,
+        )
+        frame_type, reply = self._recv_json(FrameType.PROCEED, FrameType.RESULT)
+        sent = 0
+        if frame_type is FrameType.PROCEED:
+            sent = self._send_file(local_path, info.st_size, progress)
+            reply = self.result()
+        else:
+            self._check(reply)
+        return PutResult(
+            status=str(reply.get("status")),
+            path=str(reply.get("path")),
+            bytes=sent,
+            sha256=sha256,
+            duration_s=time.monotonic() - started,
+        )
+
+    def _send_file(self, local_path: str, size: int, progress: Callable[[int], None] | None) -> int:
+        """Stream exactly `size` bytes; stop early if the daemon already answered."""
+        buffer = bytearray(MAX_DATA)
+        view = memoryview(buffer)
+        sent = 0
+        try:
+            with open(local_path, "rb", buffering=0) as f:
+                while sent < size:
+                    n = f.readinto(view[: min(MAX_DATA, size - sent)])
+                    if not n:
+                        self._send_json(FrameType.CANCEL, {})
+                        raise TransportError(f"{local_path} shrank while it was being sent")
+                    self.frames.send_frame(FrameType.FILE_DATA, view[:n])
+                    sent += n
+                    if progress is not None:
+                        progress(n)
+                    if self._answered_early():
+                        self._send_json(FrameType.CANCEL, {})
+                        break
+        except (OSError, ssl.SSLError) as exc:
+            if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
+                raise
+            raise TransportError(_describe_failure(exc, "connection lost")) from None
+        return sent
+
+    def _answered_early(self) -> bool:
+        """Has the daemon sent its RESULT before all data was sent (disk full, say)?"""
+        sock = self.frames.sock
+        return bool(sock.pending()) or bool(select.select([sock], [], [], 0)[0])
+
 
 class _ExecStream:
     """The client half of an exec: forward stdin, deliver output, watch for cancel.
@@ -346,8 +437,14 @@ class _ExecStream:
     back-pressure rule as the daemon: never queue more than HIGH_WATER bytes to send.
     """
 
-    def __init__(self, conn: Connection, stdin: bytes | int | None,
-                 on_stdout: OutputCallback, on_stderr: OutputCallback, cancel_fd: int | None):
+    def __init__(
+        self,
+        conn: Connection,
+        stdin: bytes | int | None,
+        on_stdout: OutputCallback,
+        on_stderr: OutputCallback,
+        cancel_fd: int | None,
+    ):
         self.frames = conn.frames
         self.conn = conn
         self.stdin_fd = stdin if isinstance(stdin, int) else None

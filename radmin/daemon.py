@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 
-from radmin import __version__
+from radmin import __version__, journal
 from radmin.config import Config, load_config
 from radmin.errors import ConfigError
 from radmin.identity import cert_file_fingerprint
@@ -31,6 +31,14 @@ class Daemon:
         self.servers: list[RadminServer] = []
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.fingerprint = cert_file_fingerprint(config.cert)
+        self._recover_uploads(config)
+
+    def _recover_uploads(self, config: Config) -> None:
+        """Delete temporary files of uploads a previous run did not finish (kill -9)."""
+        journal.prepare(config.state_dir)
+        removed = journal.recover(config.state_dir)
+        if removed:
+            self.log.warning("removed_unfinished_uploads", files=removed)
 
     # -- start -------------------------------------------------------------------------
 
@@ -90,6 +98,7 @@ class Daemon:
     def reload(self) -> None:
         """Validate the whole new file first; on any problem the old config stays."""
         path = self.state.config.path
+        self._state_dir = self.state.config.state_dir
         try:
             config = load_config(path)
             self.state.apply(config)
@@ -100,6 +109,8 @@ class Daemon:
             self.log.error("reload_rejected", config=str(path), problems=[str(exc)])
             return
         configure_logging(config.log.level, config.log.format)
+        if config.state_dir != self._state_dir:
+            journal.prepare(config.state_dir)
         if set(config.listen) != set(self._configured_listen):
             self.log.warning(
                 "listen_changed_restart_needed", listen=[f"{h}:{p}" for h, p in config.listen]

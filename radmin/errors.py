@@ -34,6 +34,8 @@ class RequestError(RadminError):
     """
 
     code = "failed"
+    # Set by an operation that must bring the stream back in step after the RESULT.
+    after_reply = None
 
 
 class BadRequest(RequestError):

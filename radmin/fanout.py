@@ -12,14 +12,16 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, NamedTuple, TypeVar
 
-from radmin.client import ClientOptions, ExecResult, RemoteError, connect
+from radmin.client import ClientOptions, ExecResult, PutResult, RemoteError, connect
 from radmin.errors import TransportError
 from radmin.hosts import Target
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-OK, FAILED, UNREACHABLE = "ok", "failed", "unreachable"
+OK, CHANGED, UNCHANGED = "ok", "changed", "unchanged"
+FAILED, UNREACHABLE = "failed", "unreachable"
+SUCCESS = frozenset({OK, CHANGED, UNCHANGED})
 _MAX_PARTIAL_LINE = 64 * 1024
 
 
@@ -39,8 +41,10 @@ def run_parallel(items: Sequence[T], work: Callable[[T], R], parallel: int) -> l
                 return
             results[index] = work(items[index])
 
-    threads = [threading.Thread(target=worker, daemon=True)
-               for _ in range(min(max(1, parallel), len(items)))]
+    threads = [
+        threading.Thread(target=worker, daemon=True)
+        for _ in range(min(max(1, parallel), len(items)))
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -50,16 +54,16 @@ def run_parallel(items: Sequence[T], work: Callable[[T], R], parallel: int) -> l
 
 class HostOutcome(NamedTuple):
     target: Target
-    kind: str  # OK, FAILED or UNREACHABLE
+    kind: str  # OK, CHANGED, UNCHANGED, FAILED or UNREACHABLE
     status: int  # what the CLI would exit with for this host alone
     error: str | None  # why it failed or was unreachable; None for a plain non-zero exit
-    result: ExecResult | None = None
+    result: ExecResult | PutResult | None = None
 
     def reason(self) -> str:
         if self.error:
             return self.error
         result = self.result
-        if result is None:
+        if not isinstance(result, ExecResult):
             return "failed"
         if result.timed_out:
             return "timed out"
@@ -117,14 +121,33 @@ def exec_on_host(
     """Run one command on one host and classify the outcome; never raises."""
     try:
         with connect(target, options) as conn:
-            result = conn.exec(command, on_stdout=on_stdout, on_stderr=on_stderr,
-                               **exec_options)
+            result = conn.exec(command, on_stdout=on_stdout, on_stderr=on_stderr, **exec_options)
     except TransportError as exc:
         return HostOutcome(target, UNREACHABLE, 255, str(exc))
     except RemoteError as exc:
         return HostOutcome(target, FAILED, REFUSED_STATUS, f"{exc.code}: {exc}")
     kind = OK if result.status == 0 and not result.timed_out else FAILED
     return HostOutcome(target, kind, result.status, None, result)
+
+
+def put_on_host(
+    target: Target,
+    options: ClientOptions,
+    local_path: str,
+    remote_path: str | None,
+    **put_options: Any,
+) -> HostOutcome:
+    """Upload to one host and classify the outcome; never raises."""
+    try:
+        with connect(target, options) as conn:
+            result = conn.put(local_path, remote_path, **put_options)
+    except TransportError as exc:
+        return HostOutcome(target, UNREACHABLE, 255, str(exc))
+    except RemoteError as exc:
+        return HostOutcome(target, FAILED, 1, f"{exc.code}: {exc}")
+    except OSError as exc:
+        return HostOutcome(target, FAILED, 1, f"{local_path}: {exc.strerror}")
+    return HostOutcome(target, CHANGED if result.status == CHANGED else UNCHANGED, 0, None, result)
 
 
 # exec refused or not startable on the host (policy, bad --cwd, bad -e): the shell's
@@ -135,12 +158,12 @@ REFUSED_STATUS = 126
 def summary_line(outcomes: Sequence[HostOutcome]) -> str:
     """`3 ok, 1 failed (web4: exit 2), 1 unreachable (web5: connection refused)`."""
     parts = []
-    for kind in (OK, FAILED, UNREACHABLE):
+    for kind in (OK, CHANGED, UNCHANGED, FAILED, UNREACHABLE):
         group = [o for o in outcomes if o.kind == kind]
         if not group:
             continue
         text = f"{len(group)} {kind}"
-        if kind != OK:
+        if kind not in SUCCESS:
             text += " (" + ", ".join(f"{o.target.label}: {o.reason()}" for o in group) + ")"
         parts.append(text)
     return ", ".join(parts)
@@ -150,12 +173,28 @@ def combined_status(outcomes: Sequence[HostOutcome]) -> int:
     """One host: its own status. Several: 0 if all ok, 255 if any unreachable, else 1."""
     if len(outcomes) == 1:
         return outcomes[0].status
-    if all(o.kind == OK for o in outcomes):
+    if all(o.kind in SUCCESS for o in outcomes):
         return 0
     return 255 if any(o.kind == UNREACHABLE for o in outcomes) else 1
 
 
-def json_record(outcome: HostOutcome, stdout: bytes, stderr: bytes) -> str:
+def put_record(outcome: HostOutcome, path: str | None, sha256: str) -> str:
+    """One host's `put --json` line."""
+    result = outcome.result if isinstance(outcome.result, PutResult) else None
+    return json.dumps(
+        {
+            "host": outcome.target.label,
+            "status": outcome.kind if outcome.kind in (CHANGED, UNCHANGED) else "error",
+            "path": result.path if result else path,
+            "bytes": result.bytes if result else 0,
+            "sha256": sha256,
+            "duration_s": round(result.duration_s, 4) if result else None,
+            "error": outcome.error,
+        }
+    )
+
+
+def exec_record(outcome: HostOutcome, stdout: bytes, stderr: bytes) -> str:
     """One host's --json line. Output that is not UTF-8 is given with U+FFFD replacements
     in `stdout`/`stderr` and exactly in `stdout_base64`/`stderr_base64`."""
     result = outcome.result
@@ -165,8 +204,9 @@ def json_record(outcome: HostOutcome, stdout: bytes, stderr: bytes) -> str:
         "stdout": stdout.decode("utf-8", "replace"),
         "stderr": stderr.decode("utf-8", "replace"),
         "duration_s": result.duration_s if result else None,
-        "error": outcome.error if outcome.error else
-        ("timed out" if result and result.timed_out else None),
+        "error": outcome.error
+        if outcome.error
+        else ("timed out" if result and result.timed_out else None),
     }
     for name, data in (("stdout", stdout), ("stderr", stderr)):
         try:

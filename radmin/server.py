@@ -36,6 +36,7 @@ from radmin.log import get_logger
 from radmin.ops import Outcome, Request
 from radmin.ops import exec as exec_op
 from radmin.ops import ping as ping_op
+from radmin.ops import put as put_op
 from radmin.protocol import FrameSocket, FrameType
 from radmin.tls import server_context
 
@@ -45,6 +46,7 @@ SUPPORTED_PROTOCOLS = (PROTOCOL_VERSION,)
 OPERATIONS: dict[str, Callable[[Request], Outcome]] = {
     "ping": ping_op.run,
     "exec": exec_op.run,
+    "put": put_op.run,
 }
 
 
@@ -324,19 +326,27 @@ class Session(socketserver.BaseRequestHandler):
             )
             outcome = operation(request)
         except RequestError as exc:
-            outcome = Outcome({"ok": False, "error": exc.code, "message": str(exc)})
+            outcome = Outcome(
+                {"ok": False, "error": exc.code, "message": str(exc)}, after_reply=exc.after_reply
+            )
             result = exc.code
         except ConnectionClosed as exc:
-            fields = {"error": str(exc), "duration_s": round(time.monotonic() - started, 4),
-                      **exc.details}
+            fields = {
+                "error": str(exc),
+                "duration_s": round(time.monotonic() - started, 4),
+                **exc.details,
+            }
             log.warning("request", **{**fields, "outcome": "disconnected"})
             raise
         else:
             outcome = Outcome({"ok": True, **outcome.reply}, outcome.log, outcome.after_reply)
             result = "ok"
         self.conn.send_json(FrameType.RESULT, outcome.reply)
-        fields = {"error": outcome.reply.get("message"),
-                  "duration_s": round(time.monotonic() - started, 4), **outcome.log}
+        fields = {
+            "error": outcome.reply.get("message"),
+            "duration_s": round(time.monotonic() - started, 4),
+            **outcome.log,
+        }
         log.info("request", outcome=result, **fields)
         if outcome.after_reply is not None:
             outcome.after_reply()

@@ -54,22 +54,72 @@ def _parser() -> argparse.ArgumentParser:
     _trust_options(ping)
 
     run = commands.add_parser(
-        "exec", help="run a shell command on each host",
+        "exec",
+        help="run a shell command on each host",
         usage="radmin-cli exec [OPTIONS] HOSTS COMMAND...",
     )
-    run.add_argument("-t", "--timeout", type=float, metavar="SECONDS",
-                     help="kill the command's process group after this long")
+    run.add_argument(
+        "-t",
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="kill the command's process group after this long",
+    )
     run.add_argument("--cwd", metavar="DIR", help="working directory (default: the user's home)")
-    run.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE",
-                     help="set an environment variable (repeatable)")
+    run.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set an environment variable (repeatable)",
+    )
     run.add_argument("--json", action="store_true", help="one JSON object per host per line")
-    run.add_argument("-p", "--parallel", type=int, default=32, metavar="N",
-                     help="hosts at once (default 32)")
+    run.add_argument(
+        "-p", "--parallel", type=int, default=32, metavar="N", help="hosts at once (default 32)"
+    )
     run.add_argument("-n", dest="no_stdin", action="store_true", help="send no stdin")
     _trust_options(run)
     run.add_argument("hosts", metavar="HOSTS", help="host[:port],alias,@group,...")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+
+    put = commands.add_parser(
+        "put",
+        help="upload a file to each host, atomically and verified",
+        usage="radmin-cli put [OPTIONS] FILE HOSTS [REMOTE_PATH]",
+    )
+    put.add_argument(
+        "--mode",
+        type=_octal,
+        metavar="OCTAL",
+        help="file mode (default: the local file's permission bits)",
+    )
+    put.add_argument("--owner", metavar="USER", help="owner on the host")
+    put.add_argument("--group", metavar="GROUP", help="group on the host")
+    put.add_argument("--json", action="store_true", help="one JSON object per host per line")
+    put.add_argument(
+        "-p", "--parallel", type=int, default=32, metavar="N", help="hosts at once (default 32)"
+    )
+    _trust_options(put)
+    put.add_argument("file", metavar="FILE")
+    put.add_argument("hosts", metavar="HOSTS", help="host[:port],alias,@group,...")
+    put.add_argument(
+        "remote_path",
+        metavar="REMOTE_PATH",
+        nargs="?",
+        help="absolute; ending in / = inside that folder; default: the daemon's put.default_dir",
+    )
     return parser
+
+
+def _octal(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 644") from None
+    if not 0 <= mode <= 0o7777:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside 0000-7777")
+    return mode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     from radmin.identity import ClientHome
 
     home = ClientHome.resolve(args.home)
-    handler = {"keygen": _keygen, "fingerprint": _fingerprint, "ping": _ping,
-               "exec": _exec}[args.subcommand]
+    handler = {
+        "keygen": _keygen,
+        "fingerprint": _fingerprint,
+        "ping": _ping,
+        "exec": _exec,
+        "put": _put,
+    }[args.subcommand]
     try:
         return handler(args, home)
     except KeyboardInterrupt:
@@ -233,7 +288,7 @@ def _exec(args: argparse.Namespace, home) -> int:
         SharedOutput,
         combined_status,
         exec_on_host,
-        json_record,
+        exec_record,
         run_parallel,
         summary_line,
     )
@@ -253,19 +308,24 @@ def _exec(args: argparse.Namespace, home) -> int:
         stdin = sys.stdin.buffer.read() if several else 0  # several hosts: each gets a copy
     cancel_fd, cancelled = _cancel_on_sigint()
     stdout, stderr = SharedOutput(sys.stdout.buffer), SharedOutput(sys.stderr.buffer)
-    exec_options = {"stdin": stdin, "cwd": args.cwd, "env": env, "timeout": args.timeout,
-                    "cancel_fd": cancel_fd}
+    exec_options = {
+        "stdin": stdin,
+        "cwd": args.cwd,
+        "env": env,
+        "timeout": args.timeout,
+        "cancel_fd": cancel_fd,
+    }
 
     def one_host(target):
         if args.json:
             out, err = bytearray(), bytearray()
-            outcome = exec_on_host(target, options, command, out.extend, err.extend,
-                                   **exec_options)
-            stdout.write(json_record(outcome, bytes(out), bytes(err)).encode() + b"\n")
+            outcome = exec_on_host(target, options, command, out.extend, err.extend, **exec_options)
+            stdout.write(exec_record(outcome, bytes(out), bytes(err)).encode() + b"\n")
             return outcome
         if not several:
-            outcome = exec_on_host(target, options, command, stdout.write, stderr.write,
-                                   **exec_options)
+            outcome = exec_on_host(
+                target, options, command, stdout.write, stderr.write, **exec_options
+            )
         else:
             out, err = LinePrefixer(target.label, stdout), LinePrefixer(target.label, stderr)
             outcome = exec_on_host(target, options, command, out.feed, err.feed, **exec_options)
@@ -282,6 +342,105 @@ def _exec(args: argparse.Namespace, home) -> int:
         print(summary_line(outcomes), file=sys.stderr)
     if cancelled[0]:
         return 130
+    return combined_status(outcomes)
+
+
+def _human_size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _progress_bar(total: int, show: bool):
+    """A tqdm bar on stderr when it is a terminal; None otherwise (pipes, logs, --json)."""
+    import os
+
+    if not show or not os.isatty(2):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def _put(args: argparse.Namespace, home) -> int:
+    import os
+    import threading
+
+    from radmin.fanout import (
+        SUCCESS,
+        combined_status,
+        put_on_host,
+        put_record,
+        run_parallel,
+        summary_line,
+    )
+    from radmin.hashing import file_sha256
+
+    if args.remote_path is not None and not args.remote_path.startswith("/"):
+        _error(f"REMOTE_PATH must be absolute, got {args.remote_path!r}")
+        return EXIT_USAGE
+    targets = _resolve_hosts(args.hosts, home)
+    if targets is None:
+        return EXIT_USAGE
+    try:
+        size = os.stat(args.file).st_size
+        if not os.path.isfile(args.file):
+            raise IsADirectoryError(21, "not a regular file")
+        digest = file_sha256(args.file)  # once, for every host
+    except OSError as exc:
+        _error(f"{args.file}: {exc.strerror}")
+        return EXIT_FAILED
+    options = _options(args, home)
+    bar = _progress_bar(size * len(targets), show=not args.json)
+    bar_lock = threading.Lock()
+
+    def advance(n: int) -> None:
+        with bar_lock:
+            bar.update(n)
+
+    def one_host(target):
+        outcome = put_on_host(
+            target,
+            options,
+            args.file,
+            args.remote_path,
+            mode=args.mode,
+            owner=args.owner,
+            group=args.group,
+            sha256=digest,
+            progress=advance if bar else None,
+        )
+        if args.json:
+            print(put_record(outcome, args.remote_path, digest), flush=True)
+        elif outcome.kind in SUCCESS:
+            if bar:
+                bar.clear()
+            print(
+                f"{target.label}: {outcome.kind} {outcome.result.path} "
+                f"({_human_size(size)}, sha256 {digest[:12]}…)",
+                flush=True,
+            )
+        else:
+            if bar:
+                bar.clear()
+            _error(f"{target.label}: {outcome.error}")
+        return outcome
+
+    outcomes = run_parallel(targets, one_host, args.parallel)
+    if bar:
+        bar.close()
+    if len(targets) > 1 and not args.json:
+        print(summary_line(outcomes), file=sys.stderr)
     return combined_status(outcomes)
 
 

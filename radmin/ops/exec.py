@@ -154,8 +154,9 @@ def run(request: Request) -> Outcome:
         raise
     summary = pump.summary()
     return Outcome(
-        reply={k: summary[k] for k in ("exit_code", "signal", "timed_out", "cancelled",
-                                       "duration_s")},
+        reply={
+            k: summary[k] for k in ("exit_code", "signal", "timed_out", "cancelled", "duration_s")
+        },
         log={**log_fields, **summary},
         after_reply=pump.drain_client_input,
     )
@@ -164,16 +165,19 @@ def run(request: Request) -> Outcome:
 class ProcessPump:
     """Moves bytes between one process and one client until the process is done."""
 
-    def __init__(self, conn: FrameSocket, proc: subprocess.Popen[bytes], timeout: float,
-                 idle_timeout: float):
+    def __init__(
+        self, conn: FrameSocket, proc: subprocess.Popen[bytes], timeout: float, idle_timeout: float
+    ):
         self.conn = conn
         self.proc = proc
         self.started = time.monotonic()
         self.deadline = self.started + timeout
         self.idle_timeout = idle_timeout
         assert proc.stdin and proc.stdout and proc.stderr
-        self.outputs = {proc.stdout.fileno(): (proc.stdout, FrameType.STDOUT),
-                        proc.stderr.fileno(): (proc.stderr, FrameType.STDERR)}
+        self.outputs = {
+            proc.stdout.fileno(): (proc.stdout, FrameType.STDOUT),
+            proc.stderr.fileno(): (proc.stderr, FrameType.STDERR),
+        }
         self.stdin = proc.stdin
         os.set_blocking(self.stdin.fileno(), False)
         self.stdin_pending = bytearray()

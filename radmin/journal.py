@@ -1,0 +1,65 @@
+"""The journal of in-flight uploads, so no temporary file outlives a crash.
+
+Every upload writes into a temporary file beside its destination. Before that file is
+created, its path is recorded as one small file in `STATE_DIR/inflight/`; the record is
+removed once the temporary file has been renamed into place or deleted. A daemon killed
+with SIGKILL leaves records behind, and the next start deletes the temporary files they
+name. One file per upload (not one shared file) keeps concurrent uploads lock-free.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TEMP_PREFIX = ".radmin-upload-"
+
+
+def inflight_dir(state_dir: Path) -> Path:
+    return state_dir / "inflight"
+
+
+def prepare(state_dir: Path) -> None:
+    inflight_dir(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+class JournalEntry:
+    """The record of one temporary file; `close()` when the file is gone or renamed."""
+
+    def __init__(self, state_dir: Path, temp_path: Path):
+        self.temp_path = temp_path
+        self.record = inflight_dir(state_dir) / f"{os.getpid()}-{temp_path.name}"
+        fd = os.open(self.record, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, os.fsencode(temp_path))
+            os.fsync(fd)  # the record must be on disk before the file it names exists
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        self.record.unlink(missing_ok=True)
+
+
+def recover(state_dir: Path) -> list[str]:
+    """Delete the temporary files named by leftover records; return what was removed."""
+    removed = []
+    folder = inflight_dir(state_dir)
+    if not folder.is_dir():
+        return removed
+    for record in folder.iterdir():
+        try:
+            temp_path = Path(os.fsdecode(record.read_bytes()))
+        except OSError:
+            continue
+        # Only ever delete files that carry our prefix: a damaged record must not
+        # become a way to delete something else.
+        if temp_path.is_absolute() and temp_path.name.startswith(TEMP_PREFIX):
+            try:
+                temp_path.unlink()
+                removed.append(str(temp_path))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+        record.unlink(missing_ok=True)
+    return removed
