@@ -76,7 +76,7 @@ def test_invalid_json_control_message_is_a_protocol_error(daemon, client_home, p
 def test_data_frame_where_a_request_is_expected_is_refused(daemon, client_home):
     frames = frames_after_hello(client_home, daemon.port)
     frames.send_frame(FrameType.STDIN, b"rm -rf /")
-    assert "expected a REQUEST frame, got STDIN" in _error_reply(frames)["message"]
+    assert "expected a REQUEST/CANCEL frame, got STDIN" in _error_reply(frames)["message"]
 
 
 def test_request_before_hello_is_refused(daemon, client_home):
