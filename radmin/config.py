@@ -194,6 +194,7 @@ class Setting:
     doc: str
     example: str  # the YAML value shown in the generated example
     required: bool = False
+    commented: bool = False  # shown commented out in the example (an opt-in setting)
 
 
 class ClientsSection:
@@ -301,6 +302,14 @@ SCHEMA: Schema = {
             "json (one object per line) | console",
             "json",
         ),
+        "file": Setting(
+            _path,
+            None,
+            "Append logs to this file instead of stderr (needed with run --detach; "
+            "reopened on SIGHUP for logrotate).",
+            "/var/log/radmind.log",
+            commented=True,
+        ),
     },
 }
 
@@ -332,6 +341,7 @@ class Limits:
 class LogSettings:
     level: str
     format: str
+    file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -541,7 +551,8 @@ def example_yaml(client_example: bool = True) -> str:
                     lines.append(f"{indent}  ops:  # the client's name, used in logs and replies")
                     emit(CLIENT_SCHEMA, indent + "    ", "clients.NAME.")
             else:
-                lines.append(f"{indent}{key}: {spec.example}  # {spec.doc}")
+                mark = "# " if spec.commented else ""
+                lines.append(f"{indent}{mark}{key}: {spec.example}  # {spec.doc}")
 
     emit(SCHEMA, "", "")
     return "\n".join(lines) + "\n"

@@ -1,8 +1,13 @@
-"""The daemon's lifecycle: bind every listener, serve, reload on SIGHUP, stop on SIGTERM.
+"""The daemon's lifecycle: bind, serve, reload on SIGHUP, stop gracefully on SIGTERM.
 
 Signals are queued by tiny handlers and acted on in one loop in the main thread (the
 gunicorn arbiter's model), so a reload never races a stop and no lock is taken inside a
-signal handler.
+signal handler. systemd hears about every step (radmin/sdnotify.py).
+
+Stop: stop accepting, close idle connections, let requests in flight finish within
+`limits.shutdown_grace`, then end the rest -- their sockets are shut down, which makes a
+running exec kill its process group and a running put delete its temporary file -- and
+exit 0.
 """
 
 from __future__ import annotations
@@ -18,17 +23,27 @@ from radmin.errors import ConfigError
 from radmin.identity import cert_file_fingerprint
 from radmin.log import configure as configure_logging
 from radmin.log import get_logger
+from radmin.ops.exec import KILL_GRACE
+from radmin.sdnotify import Notifier
 from radmin.server import DaemonState, RadminServer
 
 _TICK = 1.0
+_STATUS_EVERY = 10.0
+_ACCEPT_POLL = 0.5  # serve_forever's poll interval: the accept loop's heartbeat period
+
+
+def _address_text(address: tuple[str, int]) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Daemon:
-    def __init__(self, config: Config):
-        configure_logging(config.log.level, config.log.format)
+    def __init__(self, config: Config, notifier: Notifier | None = None):
+        configure_logging(config.log.level, config.log.format, log_file=config.log.file)
         self.log = get_logger()
         self.state = DaemonState(config)
-        self.servers: list[RadminServer] = []
+        self.notifier = notifier or Notifier()
+        self.servers: dict[tuple[str, int], RadminServer] = {}  # by configured address
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.fingerprint = cert_file_fingerprint(config.cert)
         self._recover_uploads(config)
@@ -40,33 +55,43 @@ class Daemon:
         if removed:
             self.log.warning("removed_unfinished_uploads", files=removed)
 
-    # -- start -------------------------------------------------------------------------
+    # -- listeners ---------------------------------------------------------------------
 
-    def bind(self) -> None:
-        """Bind every listener before serving any: a half-listening daemon is worse."""
+    def _bind_all(self, addresses) -> dict[tuple[str, int], RadminServer]:
+        """Bind every address or none: a half-listening daemon is worse than an error."""
+        bound: dict[tuple[str, int], RadminServer] = {}
         try:
-            for address in self.state.config.listen:
-                self.servers.append(RadminServer(address, self.state))
+            for address in addresses:
+                bound[address] = RadminServer(address, self.state)
         except OSError:
-            for server in self.servers:
+            for server in bound.values():
                 server.server_close()
             raise
+        return bound
 
-    def bound_addresses(self) -> list[str]:
-        out = []
-        for server in self.servers:
-            host, port = server.server_address[:2]
-            out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-        return out
-
-    def serve(self) -> None:
-        for server in self.servers:
+    def _start(self, servers: dict[tuple[str, int], RadminServer]) -> None:
+        for server in servers.values():
             threading.Thread(
                 target=server.serve_forever,
-                kwargs={"poll_interval": 0.5},
+                kwargs={"poll_interval": _ACCEPT_POLL},
                 daemon=True,
-                name=f"listener {server.server_address[:2]}",
+                name=f"listener {_address_text(server.server_address)}",
             ).start()
+
+    @staticmethod
+    def _close(servers) -> None:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+    def bind(self) -> None:
+        self.servers = self._bind_all(self.state.config.listen)
+
+    def bound_addresses(self) -> list[str]:
+        return [_address_text(s.server_address) for s in self.servers.values()]
+
+    def serve(self) -> None:
+        self._start(self.servers)
         config = self.state.config
         self.log.info(
             "listening",
@@ -76,6 +101,31 @@ class Daemon:
             config=str(config.path),
             clients=sorted(c.name for c in config.clients.values()),
         )
+        self.notifier.ready(self._status())
+        if self.notifier.watchdog_interval:
+            threading.Thread(target=self._watchdog, daemon=True, name="watchdog").start()
+
+    def _status(self) -> str:
+        return (
+            f"listening on {', '.join(self.bound_addresses())}; "
+            f"{self.state.connections} connections, "
+            f"{self.state.requests_served} requests served"
+        )
+
+    def _watchdog(self) -> None:
+        """WATCHDOG=1 only while every accept loop is really turning."""
+        interval = self.notifier.watchdog_interval
+        while not self.state.stopping.is_set():
+            stale = [
+                _address_text(s.server_address)
+                for s in list(self.servers.values())
+                if time.monotonic() - s.last_tick > 4 * _ACCEPT_POLL
+            ]
+            if stale:
+                self.log.error("watchdog_withheld", stuck_listeners=stale)
+            else:
+                self.notifier.watchdog()
+            self.state.stopping.wait(interval)
 
     # -- the signal loop ---------------------------------------------------------------
 
@@ -84,10 +134,18 @@ class Daemon:
             signal.signal(signum, lambda n, _frame: self.signals.put(n))
 
     def run_until_stopped(self) -> None:
+        last_status = ""
+        next_status = time.monotonic() + _STATUS_EVERY
         while True:
             try:
                 signum = self.signals.get(timeout=_TICK)
             except queue.Empty:
+                if time.monotonic() >= next_status:
+                    next_status = time.monotonic() + _STATUS_EVERY
+                    status = self._status()
+                    if status != last_status:
+                        self.notifier.status(status)
+                        last_status = status
                 continue
             if signum == signal.SIGHUP:
                 self.reload()
@@ -96,41 +154,63 @@ class Daemon:
                 return
 
     def reload(self) -> None:
-        """Validate the whole new file first; on any problem the old config stays."""
+        """Validate the whole new file and bind new listeners before changing anything."""
+        self.notifier.reloading()
         path = self.state.config.path
-        self._state_dir = self.state.config.state_dir
         try:
             config = load_config(path)
-            self.state.apply(config)
+            added = self._bind_all(a for a in config.listen if a not in self.servers)
         except ConfigError as exc:
-            self.log.error("reload_rejected", config=str(path), problems=exc.problems)
-            return
+            return self._reload_rejected(path, exc.problems)
         except (OSError, ValueError) as exc:
-            self.log.error("reload_rejected", config=str(path), problems=[str(exc)])
-            return
-        configure_logging(config.log.level, config.log.format)
-        if config.state_dir != self._state_dir:
-            journal.prepare(config.state_dir)
-        if set(config.listen) != set(self._configured_listen):
-            self.log.warning(
-                "listen_changed_restart_needed", listen=[f"{h}:{p}" for h, p in config.listen]
-            )
+            return self._reload_rejected(path, [f"{type(exc).__name__}: {exc}"])
+        try:
+            self.state.apply(config)
+        except (OSError, ValueError) as exc:  # e.g. the key no longer loads
+            self._close(added.values())
+            return self._reload_rejected(path, [f"{type(exc).__name__}: {exc}"])
+        journal.prepare(config.state_dir)
+        configure_logging(config.log.level, config.log.format, log_file=config.log.file)
+        removed = [self.servers.pop(a) for a in list(self.servers) if a not in config.listen]
+        self._close(removed)
+        self.servers.update(added)
+        self._start(added)
         self.log.info(
-            "reloaded", config=str(path), clients=sorted(c.name for c in config.clients.values())
+            "reloaded",
+            config=str(path),
+            clients=sorted(c.name for c in config.clients.values()),
+            addresses=self.bound_addresses(),
         )
+        self.notifier.ready(self._status())
 
-    @property
-    def _configured_listen(self) -> tuple[tuple[str, int], ...]:
-        return tuple((s.server_address[0], s.server_address[1]) for s in self.servers)
+    def _reload_rejected(self, path, problems: list[str]) -> None:
+        self.log.error(
+            "reload_rejected",
+            config=str(path),
+            problems=problems,
+            note="the previous configuration stays in force",
+        )
+        self.notifier.ready(f"reload rejected, previous configuration in force; {self._status()}")
 
     def stop(self, reason: str) -> None:
-        self.state.stopping.set()
-        self.log.info("stopping", reason=reason, connections=self.state.connections)
-        for server in self.servers:
-            server.shutdown()
-            server.server_close()
-        self.state.close_idle_sessions()
-        grace_end = time.monotonic() + self.state.config.limits.shutdown_grace
-        while self.state.connections and time.monotonic() < grace_end:
+        state = self.state
+        grace = state.config.limits.shutdown_grace
+        self.notifier.stopping(f"stopping ({reason}); {state.connections} connections")
+        self.log.info(
+            "stopping", reason=reason, connections=state.connections, shutdown_grace_s=grace
+        )
+        state.stopping.set()
+        self._close(self.servers.values())
+        state.close_idle_sessions()
+        finished = self._wait_for_sessions(grace)
+        if not finished:
+            self.log.warning("ending_requests", after_s=grace, connections=state.connections)
+            state.close_all_sessions()
+            self._wait_for_sessions(KILL_GRACE + 3)
+        self.log.info("stopped", requests_served=state.requests_served, ended_early=not finished)
+
+    def _wait_for_sessions(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self.state.connections and time.monotonic() < deadline:
             time.sleep(0.05)
-        self.log.info("stopped", requests_served=self.state.requests_served)
+        return not self.state.connections

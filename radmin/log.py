@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import TextIO
 
 import structlog
@@ -20,8 +21,24 @@ _LEVELS = {
 }
 
 
-def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
-    """(Re)configure structlog; safe to call again on reload."""
+_open_file: TextIO | None = None
+
+
+def configure(
+    level: str = "info",
+    fmt: str = "json",
+    stream: TextIO | None = None,
+    log_file: Path | None = None,
+) -> None:
+    """(Re)configure structlog; called again on reload, which also reopens `log_file`
+    (so logrotate can move the file away and send SIGHUP)."""
+    global _open_file
+    if log_file is not None:
+        previous = _open_file
+        _open_file = open(log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        stream = _open_file
+        if previous is not None:
+            previous.close()
     renderer = (
         structlog.processors.JSONRenderer()
         if fmt == "json"

@@ -106,6 +106,13 @@ class DaemonState:
         for session in idle:
             session.interrupt()
 
+    def close_all_sessions(self) -> None:
+        """At the end of the grace period: end every connection, busy or not."""
+        with self._lock:
+            sessions = list(self.sessions)
+        for session in sessions:
+            session.interrupt()
+
     def count_request(self) -> int:
         with self._lock:
             self.requests_served += 1
@@ -122,6 +129,7 @@ class RadminServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, address: tuple[str, int], state: DaemonState):
         self.state = state
+        self.last_tick = time.monotonic()  # the accept loop's heartbeat, for the watchdog
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, Session)
 
@@ -130,6 +138,9 @@ class RadminServer(socketserver.ThreadingTCPServer):
             # "[::]:7420" beside "0.0.0.0:7420" must not collide.
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         super().server_bind()
+
+    def service_actions(self) -> None:
+        self.last_tick = time.monotonic()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """max_connections, enforced in the accept loop before a thread exists."""
@@ -193,11 +204,14 @@ class Session(socketserver.BaseRequestHandler):
         self.conn: FrameSocket | None = None
         self.requests = 0
         self.busy = False
+        self.sock = self.request
+        self.state.register(self)
         config, tls_context = self.state.snapshot()
         self.log = self.state.log.bind(peer=_peer(self.client_address))
         deadline = self.started + config.limits.handshake_timeout
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         tls = tls_context.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
+        self.sock = tls
         try:
             tls_handshake(tls, deadline)
         except (OSError, ssl.SSLError) as exc:
@@ -211,13 +225,13 @@ class Session(socketserver.BaseRequestHandler):
         self.client_fp = client_fp
 
     def interrupt(self) -> None:
+        """Make any blocked read or poll on this connection return (daemon stopping)."""
         with contextlib.suppress(OSError):
-            self.request.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)  # the TCP socket under TLS
 
     def handle(self) -> None:
         if self.conn is None:
             return
-        self.state.register(self)
         outcome = "closed"
         try:
             self.client_name = self._hello()
@@ -240,7 +254,6 @@ class Session(socketserver.BaseRequestHandler):
             outcome = "network_error"
             self.log.info("connection_error", error=str(exc))
         finally:
-            self.state.unregister(self)
             self.log.info(
                 "connection_closed",
                 outcome=outcome,
@@ -249,6 +262,7 @@ class Session(socketserver.BaseRequestHandler):
             )
 
     def finish(self) -> None:
+        self.state.unregister(self)
         if self.conn is not None:
             self.conn.close()
 

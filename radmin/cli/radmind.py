@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from radmin import __version__
@@ -79,25 +80,36 @@ def _init(folder: Path, force: bool) -> int:
 
 
 def _run(path: Path, detach: bool, pidfile: str | None) -> int:
+    config = load_config(path)
+    if not detach:
+        _start(config)()
+        return 0
+    from radmin.daemonize import run_detached
+
+    if not pidfile:
+        raise RadminError("--detach needs --pidfile PATH")
+    if config.log.file is None:
+        raise RadminError(
+            f"--detach needs log.file in {config.path}: a detached daemon has no terminal"
+        )
+    return run_detached(Path(pidfile).absolute(), lambda: _start(config))
+
+
+def _start(config) -> Callable[[], None]:
+    """Load identities, bind every listener, start serving; return the signal loop."""
     from radmin.daemon import Daemon
 
-    config = load_config(path)
-    if detach:
-        raise RadminError("--detach is not available yet; run under systemd or in the foreground")
     try:
         daemon = Daemon(config)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        print(f"radmind: cannot load the identity or client certificates: {exc}", file=sys.stderr)
-        return 1
+        raise RadminError(f"cannot load the identity or client certificates: {exc}") from None
     try:
         daemon.bind()
     except OSError as exc:
-        print(f"radmind: cannot listen: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        raise RadminError(f"cannot listen: {exc.strerror or exc}") from None
     daemon.install_signal_handlers()
     daemon.serve()
-    daemon.run_until_stopped()
-    return 0
+    return daemon.run_until_stopped
 
 
 if __name__ == "__main__":
