@@ -14,7 +14,6 @@ import os
 import re
 import socket
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from radmin.errors import HostKeyError, RadminError
@@ -170,11 +169,26 @@ def create_identity(key_path: Path, cert_path: Path, role: str, force: bool = Fa
 # -- the client's home ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class ClientHome:
-    """The folder holding a client's identity, known_hosts and config.yaml."""
+    """The folder holding a client's identity, known_hosts and config.yaml.
 
-    path: Path
+    A plain class, not a dataclass: `dataclasses` imports `inspect` (~8 ms), and this
+    module is on radmin-cli's start-up path.
+    """
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClientHome) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def __repr__(self) -> str:
+        return f"ClientHome({str(self.path)!r})"
 
     @classmethod
     def resolve(cls, override: str | None = None) -> ClientHome:

@@ -10,9 +10,18 @@ name. One file per upload (not one shared file) keeps concurrent uploads lock-fr
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 TEMP_PREFIX = ".radmin-upload-"
+_NAME_MAX = 255  # bytes in one path component on Linux file systems
+
+
+def temp_name(destination: str) -> str:
+    """`.radmin-upload-<random>-<base name>`, cut to fit a file name's 255 bytes."""
+    head = f"{TEMP_PREFIX}{secrets.token_hex(6)}-"
+    tail = os.fsencode(os.path.basename(destination))[: _NAME_MAX - len(head)]
+    return head + tail.decode("utf-8", "ignore")
 
 
 def inflight_dir(state_dir: Path) -> Path:
@@ -28,7 +37,7 @@ class JournalEntry:
 
     def __init__(self, state_dir: Path, temp_path: Path):
         self.temp_path = temp_path
-        self.record = inflight_dir(state_dir) / f"{os.getpid()}-{temp_path.name}"
+        self.record = inflight_dir(state_dir) / f"{os.getpid()}-{secrets.token_hex(8)}"
         fd = os.open(self.record, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, os.fsencode(temp_path))

@@ -11,6 +11,7 @@ validate (path, size, policy, parent) -> same content and metadata? "unchanged"
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import hashlib
 import os
@@ -18,7 +19,6 @@ import posixpath
 import pwd
 import queue
 import re
-import secrets
 import stat
 import threading
 from dataclasses import dataclass
@@ -107,6 +107,11 @@ def run(request: Request) -> Outcome:
     folder = os.path.dirname(params.path)
     if not os.path.isdir(folder):
         raise BadRequest(f"folder {folder} does not exist (radmin does not create folders)")
+    # The rule must hold where the file really lands: a symlinked folder inside an
+    # allowed tree must not lead outside it.
+    real = os.path.join(os.path.realpath(folder), os.path.basename(params.path))
+    if real != params.path:
+        policy.check_put(request.client.name, request.client.allow_put, real)
     fields = {"path": params.path, "bytes": 0, "sha256": params.sha256}
     existing = _existing_file(params.path)
     same_size = existing is not None and existing.st_size == params.size
@@ -119,7 +124,8 @@ def run(request: Request) -> Outcome:
     try:
         upload.receive()
     except TransferFailed as exc:
-        exc.after_reply = upload.discard_rest
+        if upload.proceeded:  # the client is streaming: keep the connection in step
+            exc.after_reply = upload.discard_rest
         raise
     return _outcome("changed", {**fields, "bytes": params.size})
 
@@ -163,36 +169,46 @@ class Upload:
         self.state_dir = request.config.state_dir
         self.idle_timeout = request.config.limits.idle_timeout
         self.received = 0
+        self.proceeded = False  # PROCEED sent: the client streams FILE_DATA from now on
         self.client_done = False  # the client sent all it announced, or cancelled
 
     def receive(self) -> None:
-        folder, name = os.path.split(self.params.path)
-        temp = Path(folder) / f"{journal.TEMP_PREFIX}{secrets.token_hex(6)}-{name}"[:255]
+        folder = os.path.dirname(self.params.path)
+        temp = Path(folder) / journal.temp_name(self.params.path)
         try:
             entry = journal.JournalEntry(self.state_dir, temp)
         except OSError as exc:
             raise TransferFailed(
                 f"cannot record the upload in {self.state_dir}: {exc.strerror}"
             ) from None
+        created = False
         try:
             try:
                 fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except OSError as exc:
                 raise TransferFailed(f"cannot create a file in {folder}: {exc.strerror}") from None
+            created = True
             try:
                 self._fill(fd, temp)
             finally:
                 os.close(fd)
-            os.rename(temp, self.params.path)
-            _fsync_folder(folder)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+            try:
+                os.rename(temp, self.params.path)
+                created = False
+                _fsync_folder(folder)
+            except OSError as exc:
+                raise TransferFailed(
+                    f"cannot move the upload into place at {self.params.path}: {exc.strerror}"
+                ) from None
         finally:
+            if created:
+                with contextlib.suppress(OSError):
+                    temp.unlink()
             entry.close()
 
     def _fill(self, fd: int, temp: Path) -> None:
         self.conn.send_json(FrameType.PROCEED, {"path": self.params.path})
+        self.proceeded = True
         writer = _Writer(fd, str(temp))
         writer.start()
         try:
