@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import TextIO
 
@@ -21,7 +22,37 @@ _LEVELS = {
 }
 
 
-_open_file: TextIO | None = None
+class _Destination:
+    """The stream every logger writes to; reconfiguring swaps its target in place.
+
+    Loggers built before a reload (the daemon's own, live connections') hold on to
+    this object, so a reopened log file (logrotate + SIGHUP) reaches them too, and the
+    old file can be closed without a write ever hitting a closed file.
+    """
+
+    def __init__(self) -> None:
+        self.target: TextIO = sys.stderr
+        self._owned: TextIO | None = None  # a log file we opened and must close
+        self._lock = threading.Lock()
+
+    def switch(self, stream: TextIO | None, log_file: Path | None) -> None:
+        new_owned = open(log_file, "a", buffering=1, encoding="utf-8") if log_file else None  # noqa: SIM115
+        with self._lock:
+            old_owned, self._owned = self._owned, new_owned
+            self.target = new_owned or stream or sys.stderr
+        if old_owned is not None:
+            old_owned.close()
+
+    def write(self, text: str) -> None:
+        with self._lock:
+            self.target.write(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self.target.flush()
+
+
+_destination = _Destination()
 
 
 def configure(
@@ -32,13 +63,7 @@ def configure(
 ) -> None:
     """(Re)configure structlog; called again on reload, which also reopens `log_file`
     (so logrotate can move the file away and send SIGHUP)."""
-    global _open_file
-    if log_file is not None:
-        previous = _open_file
-        _open_file = open(log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-        stream = _open_file
-        if previous is not None:
-            previous.close()
+    _destination.switch(stream, log_file)
     renderer = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -53,10 +78,11 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_destination),
         cache_logger_on_first_use=False,
     )
 
 
 def get_logger(**context: object) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger().bind(**context)
+    """A lazy logger: it follows later reconfiguration (level, format) until bound."""
+    return structlog.get_logger(**context)

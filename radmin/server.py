@@ -311,6 +311,7 @@ class Session(socketserver.BaseRequestHandler):
                 continue  # it raced the RESULT of the request it meant to cancel
             self.busy = True
             try:
+                config, _ = self.state.snapshot()  # a reload meanwhile applies to this request
                 self._run_request(config, message)
             finally:
                 self.busy = False
