@@ -13,6 +13,7 @@ request (exit status 1). Kept lean: it is on `radmin-cli`'s start-up path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import socket
@@ -51,6 +52,10 @@ class RemoteError(RadminError):
         self.code = code
 
 
+class Cancelled(RadminError):
+    """The user pressed Ctrl-C (the options' cancel fd became readable)."""
+
+
 class ClientOptions:
     """Who we are and how we trust daemons; one instance serves a whole fan-out."""
 
@@ -62,12 +67,15 @@ class ClientOptions:
         host_fingerprint: str | None = None,
         connect_timeout: float = 10.0,
         warn: Callable[[str], None] | None = None,
+        cancel_fd: int | None = None,
     ):
         self.home = home
         self.strict_host_key = strict_host_key
         self.host_fingerprint = host_fingerprint
         self.connect_timeout = connect_timeout
         self.warn = warn or (lambda message: None)
+        # Readable once the user asked to stop (Ctrl-C); watched by every wait.
+        self.cancel_fd = cancel_fd
         self.known_hosts = KnownHosts(home.known_hosts)
         self._context: ssl.SSLContext | None = None
         self._lock = threading.Lock()
@@ -165,25 +173,25 @@ class Connection:
     def open(self) -> None:
         started = time.monotonic()
         context = self.options.tls_context()
-        target = self.target
+        deadline = started + self.options.connect_timeout
+        raw = self._tcp_connect(deadline)
+        tls = context.wrap_socket(raw, do_handshake_on_connect=False)
         try:
-            raw = socket.create_connection(
-                (target.host, target.port), timeout=self.options.connect_timeout
-            )
-        except socket.gaierror as exc:
-            raise TransportError(f"cannot resolve {target.host}: {exc.strerror}") from None
-        except ConnectionRefusedError:
-            raise TransportError("connection refused") from None
-        except TimeoutError:
-            raise TransportError("connection timed out") from None
-        except OSError as exc:
-            raise TransportError(exc.strerror or str(exc)) from None
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            tls = context.wrap_socket(raw)
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    self._wait(tls, False, deadline)
+                except ssl.SSLWantWriteError:
+                    self._wait(tls, True, deadline)
         except (ssl.SSLError, OSError) as exc:
-            raw.close()
+            tls.close()
             raise TransportError(_describe_failure(exc, "TLS handshake failed")) from None
+        except BaseException:
+            tls.close()
+            raise
+        tls.settimeout(self.options.connect_timeout)
         self.frames = FrameSocket(tls)
         self.server_fingerprint = fingerprint(tls.getpeercert(binary_form=True))
         self._check_host_key()
@@ -194,6 +202,47 @@ class Connection:
         )
         self._hello_pending = True
         self.connect_s = time.monotonic() - started
+
+    def _tcp_connect(self, deadline: float) -> socket.socket:
+        """Connect to the first address that answers, watching the cancel fd throughout."""
+        target = self.target
+        try:
+            addresses = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise TransportError(f"cannot resolve {target.host}: {exc.strerror}") from None
+        error = "no address"
+        for family, kind, proto, _, address in addresses:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                code = sock.connect_ex(address)
+                if code == errno.EINPROGRESS:
+                    self._wait(sock, True, deadline, "connection timed out")
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code == 0:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    return sock
+                error = "connection refused" if code == errno.ECONNREFUSED else os.strerror(code)
+            except BaseException:
+                sock.close()
+                raise
+            sock.close()
+        raise TransportError(error)
+
+    def _wait(
+        self, sock: socket.socket, for_write: bool, deadline: float | None, what: str = "timed out"
+    ) -> None:
+        """Wait until `sock` is ready; raise Cancelled on Ctrl-C, TransportError at the deadline."""
+        cancel_fd = self.options.cancel_fd
+        readers = [] if for_write else [sock]
+        if cancel_fd is not None:
+            readers.append(cancel_fd)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        readable, writable, _ = select.select(readers, [sock] if for_write else [], [], timeout)
+        if cancel_fd is not None and cancel_fd in readable:
+            raise Cancelled("cancelled")
+        if not readable and not writable:
+            raise TransportError(what)
 
     def _check_host_key(self) -> None:
         presented, options = self.server_fingerprint, self.options
@@ -218,8 +267,19 @@ class Connection:
         except (OSError, ssl.SSLError) as exc:
             raise TransportError(_describe_failure(exc, "connection lost")) from None
 
-    def _recv_json(self, *expected: FrameType) -> tuple[FrameType, dict[str, Any]]:
-        """Receive a control frame; an ERROR frame from the daemon becomes an exception."""
+    def _recv_json(
+        self, *expected: FrameType, long_wait: bool = False
+    ) -> tuple[FrameType, dict[str, Any]]:
+        """Receive a control frame; an ERROR frame from the daemon becomes an exception.
+
+        Waits up to the connect timeout, or without limit with `long_wait` (the RESULT of
+        a large upload comes after the daemon's fsync), and always returns on Ctrl-C.
+        """
+        timeout = None if long_wait else self.options.connect_timeout
+        if self.options.cancel_fd is not None and not self.frames.buffered:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._wait(self.frames.sock, False, deadline)
+        self.frames.sock.settimeout(timeout)
         try:
             frame_type, message = self.frames.recv_json(*expected, FrameType.ERROR)
         except ConnectionClosed as exc:
@@ -266,9 +326,9 @@ class Connection:
         self._send_json(FrameType.REQUEST, {"op": op, **params})
         self._finish_hello()
 
-    def result(self) -> dict[str, Any]:
+    def result(self, long_wait: bool = False) -> dict[str, Any]:
         """Wait for the RESULT that ends the current request."""
-        _, reply = self._recv_json(FrameType.RESULT)
+        _, reply = self._recv_json(FrameType.RESULT, long_wait=long_wait)
         return self._check(reply)
 
     @staticmethod
@@ -308,13 +368,12 @@ class Connection:
         cwd: str | None = None,
         env: dict[str, str] | None = None,
         timeout: float | None = None,
-        cancel_fd: int | None = None,
     ) -> ExecResult:
         """Run `command` with `/bin/sh -c` on the host, streaming its output to callbacks.
 
         stdin: None sends none (EOF at once), bytes are sent then EOF, an int is a file
-        descriptor streamed until its EOF. cancel_fd: when it becomes readable the
-        command is cancelled (the daemon kills its process group).
+        descriptor streamed until its EOF. When the options' cancel fd becomes readable
+        the command is cancelled (the daemon kills its process group).
         """
         self.request(
             "exec",
@@ -329,7 +388,8 @@ class Connection:
             self._check(reply)
             raise TransportError("protocol error: exec ended without starting")
         ignore: OutputCallback = lambda data: None  # noqa: E731
-        stream = _ExecStream(self, stdin, on_stdout or ignore, on_stderr or ignore, cancel_fd)
+        window = int(reply.get("stdin_window", 0))
+        stream = _ExecStream(self, stdin, window, on_stdout or ignore, on_stderr or ignore)
         try:
             result = stream.run()
         except (OSError, ssl.SSLError) as exc:
@@ -388,7 +448,7 @@ class Connection:
         sent = 0
         if frame_type is FrameType.PROCEED:
             sent = self._send_file(local_path, info.st_size, progress)
-            reply = self.result()
+            reply = self.result(long_wait=True)
         else:
             self._check(reply)
         return PutResult(
@@ -433,31 +493,31 @@ class Connection:
 class _ExecStream:
     """The client half of an exec: forward stdin, deliver output, watch for cancel.
 
-    One poll() loop over the socket, the stdin source and the cancel fd, with the same
-    back-pressure rule as the daemon: never queue more than HIGH_WATER bytes to send.
+    One select() loop over the socket, the stdin source and the cancel fd. Stdin goes
+    out only within the window the daemon grants (PROCEED, then WINDOW frames), so the
+    daemon never buffers more than that and always keeps reading the socket -- which is
+    how it notices at once when this client goes away.
     """
 
     def __init__(
         self,
         conn: Connection,
         stdin: bytes | int | None,
+        window: int,
         on_stdout: OutputCallback,
         on_stderr: OutputCallback,
-        cancel_fd: int | None,
     ):
         self.frames = conn.frames
         self.conn = conn
         self.stdin_fd = stdin if isinstance(stdin, int) else None
+        self.stdin_bytes = memoryview(stdin) if isinstance(stdin, bytes) else None
+        self.credit = window
         self.on_output = {FrameType.STDOUT: on_stdout, FrameType.STDERR: on_stderr}
-        self.cancel_fd = cancel_fd
+        self.cancel_fd = conn.options.cancel_fd
         self.cancel_sent_at: float | None = None
         self.input_done = False
         self.result: dict[str, Any] | None = None
-        if isinstance(stdin, bytes):
-            for start in range(0, len(stdin), MAX_DATA):
-                self.frames.queue(FrameType.STDIN, stdin[start : start + MAX_DATA])
-            self._end_input()
-        elif stdin is None:
+        if stdin is None:
             self._end_input()
 
     def _end_input(self) -> None:
@@ -465,11 +525,24 @@ class _ExecStream:
             self.input_done = True
             self.frames.queue(FrameType.EOF)
 
+    def _queue_stdin_bytes(self) -> None:
+        """Queue as much of an in-memory stdin as the window allows."""
+        if self.stdin_bytes is None or self.input_done:
+            return
+        while self.credit > 0 and self.stdin_bytes:
+            n = min(self.credit, MAX_DATA, len(self.stdin_bytes))
+            self.frames.queue(FrameType.STDIN, self.stdin_bytes[:n])
+            self.stdin_bytes = self.stdin_bytes[n:]
+            self.credit -= n
+        if not self.stdin_bytes:
+            self._end_input()
+
     def run(self) -> dict[str, Any]:
         sock = self.frames.sock
         sock.setblocking(False)
         try:
             while self.result is None:
+                self._queue_stdin_bytes()
                 self._step(sock.fileno())
             self._end_input()  # the command is done: stop reading our stdin
             while not self.frames.flush():
@@ -480,7 +553,8 @@ class _ExecStream:
 
     def _step(self, sock_fd: int) -> None:
         readers = [sock_fd]
-        if self.stdin_fd is not None and not self.input_done and self.frames.queued < HIGH_WATER:
+        forwarding = self.stdin_fd is not None and not self.input_done
+        if forwarding and self.credit > 0 and self.frames.queued < HIGH_WATER:
             readers.append(self.stdin_fd)
         if self.cancel_fd is not None and self.cancel_sent_at is None:
             readers.append(self.cancel_fd)
@@ -490,17 +564,20 @@ class _ExecStream:
             timeout = max(0.0, self.cancel_sent_at + CANCEL_WAIT - time.monotonic())
             if timeout == 0:
                 raise TransportError("cancelled, but the daemon did not confirm in time")
+        if self.frames.buffered:
+            timeout = 0  # decrypted bytes select() cannot see
         readable, _, _ = select.select(readers, writers, [], timeout)
         if self.cancel_fd in readable:
             self.frames.queue_json(FrameType.CANCEL, {})
             self.cancel_sent_at = time.monotonic()
         if self.stdin_fd in readable:
-            data = os.read(self.stdin_fd, 64 * 1024)
+            data = os.read(self.stdin_fd, min(64 * 1024, self.credit))
             if data:
+                self.credit -= len(data)
                 self.frames.queue(FrameType.STDIN, data)
             else:
                 self._end_input()
-        if sock_fd in readable:
+        if sock_fd in readable or self.frames.buffered:
             while self.result is None and (frame := self.frames.poll_frame()) is not None:
                 self._on_frame(frame.type, frame.payload)
         self.frames.flush()
@@ -509,6 +586,8 @@ class _ExecStream:
         callback = self.on_output.get(frame_type)
         if callback is not None:
             callback(bytes(payload))
+        elif frame_type is FrameType.WINDOW:
+            self.credit += int(self.frames_json(frame_type, payload).get("bytes", 0))
         elif frame_type is FrameType.RESULT:
             self.result = Connection._check(self.frames_json(frame_type, payload))
         elif frame_type is FrameType.ERROR:

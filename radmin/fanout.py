@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, NamedTuple, TypeVar
 
-from radmin.client import ClientOptions, ExecResult, PutResult, RemoteError, connect
+from radmin.client import Cancelled, ClientOptions, ExecResult, PutResult, RemoteError, connect
 from radmin.errors import TransportError
 from radmin.hosts import Target
 
@@ -25,10 +25,25 @@ SUCCESS = frozenset({OK, CHANGED, UNCHANGED})
 _MAX_PARTIAL_LINE = 64 * 1024
 
 
-def run_parallel(items: Sequence[T], work: Callable[[T], R], parallel: int) -> list[R]:
-    """Run `work` on every item with at most `parallel` at once; `work` must not raise."""
+def run_parallel(
+    items: Sequence[T],
+    work: Callable[[T], R],
+    parallel: int,
+    stop: threading.Event | None = None,
+    skipped: Callable[[T], R] | None = None,
+) -> list[R]:
+    """Run `work` on every item with at most `parallel` at once; `work` must not raise.
+
+    Once `stop` is set (Ctrl-C), items not yet started get `skipped(item)` instead.
+    """
+
+    def one(item: T) -> R:
+        if stop is not None and skipped is not None and stop.is_set():
+            return skipped(item)
+        return work(item)
+
     if len(items) == 1:
-        return [work(items[0])]
+        return [one(items[0])]
     results: list[Any] = [None] * len(items)
     next_index = iter(range(len(items)))
     lock = threading.Lock()
@@ -39,7 +54,7 @@ def run_parallel(items: Sequence[T], work: Callable[[T], R], parallel: int) -> l
                 index = next(next_index, None)
             if index is None:
                 return
-            results[index] = work(items[index])
+            results[index] = one(items[index])
 
     threads = [
         threading.Thread(target=worker, daemon=True)
@@ -124,10 +139,17 @@ def exec_on_host(
             result = conn.exec(command, on_stdout=on_stdout, on_stderr=on_stderr, **exec_options)
     except TransportError as exc:
         return HostOutcome(target, UNREACHABLE, 255, str(exc))
+    except Cancelled:
+        return cancelled(target)
     except RemoteError as exc:
         return HostOutcome(target, FAILED, REFUSED_STATUS, f"{exc.code}: {exc}")
     kind = OK if result.status == 0 and not result.timed_out else FAILED
     return HostOutcome(target, kind, result.status, None, result)
+
+
+def cancelled(target: Target) -> HostOutcome:
+    """A host whose work was stopped (or never started) because of Ctrl-C."""
+    return HostOutcome(target, FAILED, 130, "cancelled")
 
 
 def put_on_host(
@@ -143,6 +165,8 @@ def put_on_host(
             result = conn.put(local_path, remote_path, **put_options)
     except TransportError as exc:
         return HostOutcome(target, UNREACHABLE, 255, str(exc))
+    except Cancelled:
+        return cancelled(target)
     except RemoteError as exc:
         return HostOutcome(target, FAILED, 1, f"{exc.code}: {exc}")
     except OSError as exc:

@@ -39,6 +39,7 @@ class FrameType(IntEnum):
     RESULT = 0x04  # JSON, daemon -> client: ends one operation (success or refusal)
     ERROR = 0x05  # JSON, either way: protocol error, the sender closes the connection
     CANCEL = 0x06  # JSON, client -> daemon: abort the running operation
+    WINDOW = 0x07  # JSON, daemon -> client: this many more STDIN bytes may be sent
     STDIN = 0x10  # bytes, client -> daemon
     STDOUT = 0x11  # bytes, daemon -> client
     STDERR = 0x12  # bytes, daemon -> client
@@ -54,6 +55,7 @@ CONTROL_TYPES = frozenset(
         FrameType.RESULT,
         FrameType.ERROR,
         FrameType.CANCEL,
+        FrameType.WINDOW,
     }
 )
 _KNOWN_TYPES = {int(t): t for t in FrameType}
@@ -219,6 +221,12 @@ class FrameSocket:
 
     def queue_json(self, frame_type: FrameType, obj: dict[str, Any]) -> None:
         self.queue(frame_type, encode_json(obj))
+
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet returned as frames (TLS may hold more: sock.pending())."""
+        pending = self.sock.pending() if isinstance(self.sock, ssl.SSLSocket) else 0
+        return self._end - self._start + pending
 
     @property
     def queued(self) -> int:

@@ -204,7 +204,7 @@ def _resolve_hosts(spec: str, home):
         return None
 
 
-def _options(args: argparse.Namespace, home):
+def _options(args: argparse.Namespace, home, cancel_fd: int | None = None):
     from radmin.client import ClientOptions
 
     return ClientOptions(
@@ -213,6 +213,7 @@ def _options(args: argparse.Namespace, home):
         host_fingerprint=args.host_fingerprint,
         connect_timeout=args.connect_timeout,
         warn=lambda message: print(message, file=sys.stderr),
+        cancel_fd=cancel_fd,
     )
 
 
@@ -261,19 +262,22 @@ def _parse_env(pairs: list[str]) -> dict[str, str] | None:
     return env
 
 
-def _cancel_on_sigint() -> tuple[int, list[bool]]:
-    """First Ctrl-C: make the returned fd readable (the exec loops send CANCEL and wait
-    for the daemon to confirm). Second Ctrl-C: exit at once."""
+def _cancel_on_sigint():
+    """First Ctrl-C: make the returned fd readable for good (every wait in the client
+    watches it: connecting hosts give up, running commands are cancelled and the daemon
+    confirms) and set the returned event (hosts not started yet are skipped).
+    Second Ctrl-C: exit at once."""
     import os
     import signal
+    import threading
 
     read_fd, write_fd = os.pipe()
-    pressed = [False]
+    pressed = threading.Event()
 
     def on_sigint(signum, frame) -> None:
-        if pressed[0]:
+        if pressed.is_set():
             os._exit(130)
-        pressed[0] = True
+        pressed.set()
         os.write(write_fd, b"x")
 
     signal.signal(signal.SIGINT, on_sigint)
@@ -292,6 +296,7 @@ def _exec(args: argparse.Namespace, home) -> int:
         run_parallel,
         summary_line,
     )
+    from radmin.fanout import cancelled as host_cancelled
 
     command = " ".join(args.command)
     if not command.strip():
@@ -301,19 +306,18 @@ def _exec(args: argparse.Namespace, home) -> int:
     targets = _resolve_hosts(args.hosts, home)
     if env is None or targets is None:
         return EXIT_USAGE
-    options = _options(args, home)
+    cancel_fd, cancelled = _cancel_on_sigint()
+    options = _options(args, home, cancel_fd)
     several = len(targets) > 1
     stdin: bytes | int | None = None
     if not args.no_stdin and not os.isatty(0):
         stdin = sys.stdin.buffer.read() if several else 0  # several hosts: each gets a copy
-    cancel_fd, cancelled = _cancel_on_sigint()
     stdout, stderr = SharedOutput(sys.stdout.buffer), SharedOutput(sys.stderr.buffer)
     exec_options = {
         "stdin": stdin,
         "cwd": args.cwd,
         "env": env,
         "timeout": args.timeout,
-        "cancel_fd": cancel_fd,
     }
 
     def one_host(target):
@@ -337,10 +341,10 @@ def _exec(args: argparse.Namespace, home) -> int:
             _error(f"{target.label}: timed out; the daemon killed the command's process group")
         return outcome
 
-    outcomes = run_parallel(targets, one_host, args.parallel)
+    outcomes = run_parallel(targets, one_host, args.parallel, cancelled, skipped=host_cancelled)
     if several and not args.json:
         print(summary_line(outcomes), file=sys.stderr)
-    if cancelled[0]:
+    if cancelled.is_set():
         return 130
     return combined_status(outcomes)
 

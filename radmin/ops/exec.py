@@ -4,10 +4,11 @@ The command runs as `/bin/sh -c COMMAND` in a new session (its own process group
 timeout, a CANCEL or a dropped connection can end it *and* everything it started.
 
 One thread drives everything with poll(): the TLS socket, the command's stdout, stderr
-and stdin pipes, and a pidfd for its exit. Nothing is buffered beyond a fixed high-water
-mark: when the client reads slowly we stop reading the pipes (the command blocks on a
-full pipe), when the command reads stdin slowly we stop reading the socket (TCP pushes
-back on the client). A dropped connection is still seen then, via POLLRDHUP.
+and stdin pipes, and a pidfd for its exit. Nothing is buffered without bound: when the
+client reads slowly we stop reading the pipes at a high-water mark (the command blocks
+on a full pipe); stdin is bounded by a window the daemon grants (STDIN_WINDOW, then
+WINDOW frames as the command reads, as SSH channels do), so the socket is always read
+and a client that goes away is noticed at once, even while its input is backed up.
 
 The group leader is reaped only at the very end: while it is a zombie its PID -- the
 process group ID -- cannot be reused, so a late killpg() can never hit a stranger.
@@ -33,6 +34,7 @@ from radmin.protocol import HIGH_WATER, FrameSocket, FrameType
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
+STDIN_WINDOW = 1024 * 1024  # stdin bytes a client may send ahead of the command's reads
 READ_SIZE = 64 * 1024
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -143,7 +145,7 @@ def run(request: Request) -> Outcome:
     proc = _spawn(params, user, cwd)
     pump = ProcessPump(request.conn, proc, params.timeout, config.limits.idle_timeout)
     try:
-        request.conn.send_json(FrameType.PROCEED, {"pid": proc.pid})
+        request.conn.send_json(FrameType.PROCEED, {"pid": proc.pid, "stdin_window": STDIN_WINDOW})
         pump.run()
     except BaseException as exc:
         pump.terminate_group()
@@ -181,6 +183,9 @@ class ProcessPump:
         self.stdin = proc.stdin
         os.set_blocking(self.stdin.fileno(), False)
         self.stdin_pending = bytearray()
+        self.stdin_granted = STDIN_WINDOW  # total STDIN bytes the client may have sent
+        self.stdin_received = 0
+        self.stdin_unacked = 0  # consumed since the last WINDOW grant
         self.client_eof = False
         self.status: tuple[int | None, int | None] | None = None  # (exit code, signal)
         self.timed_out = False
@@ -205,7 +210,10 @@ class ProcessPump:
             for fd, mask in wanted.items():
                 poller.register(fd, mask)
             registered = set(wanted)
-            for fd, events in poller.poll(self._poll_timeout_ms()):
+            ready = poller.poll(self._poll_timeout_ms())
+            if self.conn.buffered and not any(fd == sock_fd for fd, _ in ready):
+                ready.append((sock_fd, select.POLLIN))
+            for fd, events in ready:
                 if fd == sock_fd:
                     self._on_socket(events)
                 elif fd in self.outputs:
@@ -225,9 +233,9 @@ class ProcessPump:
 
     def _interest(self, sock_fd: int) -> dict[int, int]:
         wanted: dict[int, int] = {}
-        sock_mask = _HANGUP
-        if len(self.stdin_pending) < HIGH_WATER:
-            sock_mask |= select.POLLIN
+        # Always read the socket: the stdin window bounds what can arrive, and reading is
+        # how a vanished client is noticed.
+        sock_mask = _HANGUP | select.POLLIN
         if self.conn.queued:
             sock_mask |= select.POLLOUT
         wanted[sock_fd] = sock_mask
@@ -241,6 +249,8 @@ class ProcessPump:
         return wanted
 
     def _poll_timeout_ms(self) -> int:
+        if self.conn.buffered:
+            return 0  # decrypted bytes poll() cannot see
         now = time.monotonic()
         timers = [self.deadline if not self.timed_out else now + 1.0]
         timers += [t for t in (self.kill_at, self.abandon_at) if t is not None]
@@ -253,8 +263,6 @@ class ProcessPump:
 
     def _on_socket(self, events: int) -> None:
         if events & (select.POLLIN | _HANGUP):
-            if len(self.stdin_pending) >= HIGH_WATER and not events & select.POLLIN:
-                raise ConnectionClosed("connection closed by peer")
             while (frame := self.conn.poll_frame()) is not None:
                 self._on_frame(frame.type, frame.payload)
 
@@ -262,7 +270,12 @@ class ProcessPump:
         if frame_type is FrameType.STDIN:
             if self.client_eof:
                 raise ProtocolError("STDIN after EOF")
-            if not self.stdin.closed:
+            self.stdin_received += len(payload)
+            if self.stdin_received > self.stdin_granted:
+                raise ProtocolError("client sent more stdin than the daemon's window allows")
+            if self.stdin.closed:
+                self._consumed(len(payload))
+            else:
                 self.stdin_pending += payload
                 self._write_stdin()
         elif frame_type is FrameType.EOF:
@@ -291,9 +304,21 @@ class ProcessPump:
         self.byte_counts[frame_type] += len(data)
         self.conn.queue(frame_type, data)
 
+    def _consumed(self, count: int) -> None:
+        """Stdin bytes left our buffer: grant the client that much more, in batches."""
+        self.stdin_unacked += count
+        if self.stdin_unacked >= STDIN_WINDOW // 4:
+            self.conn.queue_json(FrameType.WINDOW, {"bytes": self.stdin_unacked})
+            self.stdin_granted += self.stdin_unacked
+            self.stdin_unacked = 0
+
+    def _drop_stdin(self) -> None:
+        self._consumed(len(self.stdin_pending))
+        self.stdin_pending.clear()
+
     def _write_stdin(self) -> None:
         if self.stdin.closed:
-            self.stdin_pending.clear()
+            self._drop_stdin()
             return
         try:
             written = os.write(self.stdin.fileno(), self.stdin_pending[:READ_SIZE])
@@ -302,10 +327,11 @@ class ProcessPump:
         except OSError as exc:  # EPIPE: the command closed its stdin; drop the rest
             if exc.errno not in (errno.EPIPE, errno.EBADF):
                 raise
-            self.stdin_pending.clear()
+            self._drop_stdin()
             self._close_stdin()
             return
         del self.stdin_pending[:written]
+        self._consumed(written)
         if not self.stdin_pending and self.client_eof:
             self._close_stdin()
 
@@ -331,7 +357,7 @@ class ProcessPump:
         else:
             self.status = (None, info.si_status)
         if not self.stdin.closed:
-            self.stdin_pending.clear()
+            self._drop_stdin()
             self._close_stdin()
 
     def _check_timers(self) -> None:
