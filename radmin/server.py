@@ -125,7 +125,7 @@ class RadminServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False
-    request_queue_size = 128
+    request_queue_size = 1024  # a 200-host fan-out connects all at once
 
     def __init__(self, address: tuple[str, int], state: DaemonState):
         self.state = state

@@ -27,12 +27,17 @@ from typing import Any
 
 from radmin import journal, policy
 from radmin.errors import BadRequest, ConnectionClosed, ProtocolError, RequestError
-from radmin.hashing import file_sha256
+from radmin.hashing import DigestCache, file_sha256
 from radmin.ops import Outcome, Request
 from radmin.protocol import FrameSocket, FrameType
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _QUEUE_CHUNKS = 16  # frames in flight between the socket thread and the writer
+
+
+# Digests of files this daemon wrote or hashed, so a repeated upload of a large file
+# is answered "unchanged" without reading it again (see radmin/hashing.py on staleness).
+DIGESTS = DigestCache()
 
 
 class TransferFailed(RequestError):
@@ -115,7 +120,7 @@ def run(request: Request) -> Outcome:
     fields = {"path": params.path, "bytes": 0, "sha256": params.sha256}
     existing = _existing_file(params.path)
     same_size = existing is not None and existing.st_size == params.size
-    if same_size and file_sha256(params.path) == params.sha256:
+    if same_size and file_sha256(params.path, DIGESTS) == params.sha256:
         if _metadata_matches(existing, params):
             return _outcome("unchanged", fields)
         _apply_metadata(params.path, params)
@@ -193,9 +198,11 @@ class Upload:
             finally:
                 os.close(fd)
             try:
+                written = os.stat(temp)
                 os.rename(temp, self.params.path)
                 created = False
                 _fsync_folder(folder)
+                DIGESTS.remember(written, self.params.sha256)  # rename keeps inode and ctime
             except OSError as exc:
                 raise TransferFailed(
                     f"cannot move the upload into place at {self.params.path}: {exc.strerror}"
