@@ -426,14 +426,13 @@ class Connection:
         """Upload a file; the host ends with its old file or the complete verified one.
 
         sha256: the file's digest if already known (a fan-out hashes once for all hosts).
+        Otherwise it is computed while the file streams out and sent after it -- or, when
+        the host has a file of the same size, computed while the daemon hashes its copy,
+        so an unchanged file costs one hash on each side, at the same time.
         progress: called with the number of bytes just sent.
         """
         started = time.monotonic()
         info = os.stat(local_path)
-        if sha256 is None:
-            from radmin.hashing import file_sha256
-
-            sha256 = file_sha256(local_path)
         self.request(
             "put",
             path=remote_path,
@@ -445,9 +444,23 @@ class Connection:
             group=group,
         )
         frame_type, reply = self._recv_json(FrameType.PROCEED, FrameType.RESULT)
+        if frame_type is FrameType.PROCEED and reply.get("digest_first"):
+            if sha256 is None:
+                from radmin.hashing import file_sha256
+
+                sha256 = file_sha256(local_path)
+            self._send_json(FrameType.DIGEST, {"sha256": sha256})
+            frame_type, reply = self._recv_json(
+                FrameType.PROCEED, FrameType.RESULT, long_wait=True
+            )
         sent = 0
         if frame_type is FrameType.PROCEED:
-            sent = self._send_file(local_path, info.st_size, progress)
+            sent, streamed_digest = self._send_file(
+                local_path, info.st_size, progress, hash_it=sha256 is None
+            )
+            if sha256 is None and streamed_digest is not None:
+                sha256 = streamed_digest
+                self._send_json(FrameType.DIGEST, {"sha256": sha256})
             reply = self.result(long_wait=True)
         else:
             self._check(reply)
@@ -455,12 +468,18 @@ class Connection:
             status=str(reply.get("status")),
             path=str(reply.get("path")),
             bytes=sent,
-            sha256=sha256,
+            sha256=sha256 or str(reply.get("sha256")),
             duration_s=time.monotonic() - started,
         )
 
-    def _send_file(self, local_path: str, size: int, progress: Callable[[int], None] | None) -> int:
-        """Stream exactly `size` bytes; stop early if the daemon already answered."""
+    def _send_file(
+        self, local_path: str, size: int, progress: Callable[[int], None] | None, hash_it: bool
+    ) -> tuple[int, str | None]:
+        """Stream exactly `size` bytes, hashing them if asked; stop early if the daemon
+        already answered. Returns the bytes sent and their SHA-256 (None if stopped)."""
+        import hashlib
+
+        digest = hashlib.sha256() if hash_it else None
         buffer = bytearray(MAX_DATA)
         view = memoryview(buffer)
         sent = 0
@@ -471,18 +490,20 @@ class Connection:
                     if not n:
                         self._send_json(FrameType.CANCEL, {})
                         raise TransportError(f"{local_path} shrank while it was being sent")
+                    if digest is not None:
+                        digest.update(view[:n])
                     self.frames.send_frame(FrameType.FILE_DATA, view[:n])
                     sent += n
                     if progress is not None:
                         progress(n)
                     if self._answered_early():
                         self._send_json(FrameType.CANCEL, {})
-                        break
+                        return sent, None
         except (OSError, ssl.SSLError) as exc:
             if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
                 raise
             raise TransportError(_describe_failure(exc, "connection lost")) from None
-        return sent
+        return sent, digest.hexdigest() if digest is not None else None
 
     def _answered_early(self) -> bool:
         """Has the daemon sent its RESULT before all data was sent (disk full, say)?"""

@@ -202,7 +202,7 @@ def combined_status(outcomes: Sequence[HostOutcome]) -> int:
     return 255 if any(o.kind == UNREACHABLE for o in outcomes) else 1
 
 
-def put_record(outcome: HostOutcome, path: str | None, sha256: str) -> str:
+def put_record(outcome: HostOutcome, path: str | None, sha256: str | None) -> str:
     """One host's `put --json` line."""
     result = outcome.result if isinstance(outcome.result, PutResult) else None
     return json.dumps(
@@ -211,7 +211,7 @@ def put_record(outcome: HostOutcome, path: str | None, sha256: str) -> str:
             "status": outcome.kind if outcome.kind in (CHANGED, UNCHANGED) else "error",
             "path": result.path if result else path,
             "bytes": result.bytes if result else 0,
-            "sha256": sha256,
+            "sha256": result.sha256 if result else sha256,
             "duration_s": round(result.duration_s, 4) if result else None,
             "error": outcome.error,
         }

@@ -40,6 +40,7 @@ class FrameType(IntEnum):
     ERROR = 0x05  # JSON, either way: protocol error, the sender closes the connection
     CANCEL = 0x06  # JSON, client -> daemon: abort the running operation
     WINDOW = 0x07  # JSON, daemon -> client: this many more STDIN bytes may be sent
+    DIGEST = 0x08  # JSON, client -> daemon: the SHA-256 of a put's content
     STDIN = 0x10  # bytes, client -> daemon
     STDOUT = 0x11  # bytes, daemon -> client
     STDERR = 0x12  # bytes, daemon -> client
@@ -56,6 +57,7 @@ CONTROL_TYPES = frozenset(
         FrameType.ERROR,
         FrameType.CANCEL,
         FrameType.WINDOW,
+        FrameType.DIGEST,
     }
 )
 _KNOWN_TYPES = {int(t): t for t in FrameType}

@@ -32,6 +32,7 @@ from radmin.client import ClientOptions, Connection, RemoteError, connect
 from radmin.hosts import Target
 from radmin.identity import cert_file_fingerprint
 from radmin.journal import TEMP_PREFIX
+from radmin.protocol import FrameType
 
 MiB = 1024 * 1024
 ELLIPSIS = "\u2026"
@@ -786,3 +787,56 @@ def test_put_through_a_symlinked_folder_is_held_to_where_it_really_lands(
     assert not (outside / "x.txt").exists()
     inside = run_cli(client_home, "put", str(local), daemon.address, f"{allowed}/x.txt")
     assert inside.returncode == 0, inside.stderr
+
+
+# -- the digest sent after the data, or compared first when sizes match ----------------
+
+
+def test_put_same_size_other_content_is_hashed_on_both_sides_then_sent(
+    daemon, client_home, tmp_path
+):
+    """No digest announced + same size on the host: DIGEST first, then the data."""
+    dest = write(uploads(daemon) / "same-size.bin", b"A" * 4096)
+    local = write(tmp_path / "same-size.bin", b"B" * 4096)
+    with api(client_home, daemon) as conn:
+        result = conn.put(str(local), str(dest))
+        assert (result.status, result.bytes) == ("changed", 4096)
+        assert result.sha256 == sha256_of(b"B" * 4096)
+        again = conn.put(str(local), str(dest))  # digest first, equal: nothing sent
+        assert (again.status, again.bytes) == ("unchanged", 0)
+        assert conn.ping().client == "ops"  # the stream is still in step
+    assert dest.read_bytes() == b"B" * 4096
+
+
+def _raw_put_with_trailing_digest(frames, dest: Path, data: bytes, digest: str) -> dict:
+    frames.send_json(
+        FrameType.REQUEST,
+        {
+            "op": "put",
+            "path": str(dest),
+            "name": dest.name,
+            "size": len(data),
+            "sha256": None,
+            "mode": 0o644,
+        },
+    )
+    _, proceed = frames.recv_json(FrameType.PROCEED)
+    assert proceed["digest_first"] is False
+    frames.send_frame(FrameType.FILE_DATA, data)
+    frames.send_json(FrameType.DIGEST, {"sha256": digest})
+    return frames.recv_json(FrameType.RESULT)[1]
+
+
+def test_put_trailing_digest_mismatch_keeps_the_old_file(daemon, client_home):
+    from support import frames_after_hello
+
+    dest = write(uploads(daemon) / "trailing.txt", b"old content\n")
+    frames = frames_after_hello(client_home, daemon.port)
+    reply = _raw_put_with_trailing_digest(frames, dest, b"new content!!!\n", "0" * 64)
+    assert reply["ok"] is False and "checksum mismatch" in reply["message"]
+    assert dest.read_bytes() == b"old content\n"
+    assert temp_files(uploads(daemon)) == []
+    good = b"new content!!!\n"
+    reply = _raw_put_with_trailing_digest(frames, dest, good, sha256_of(good))
+    assert reply["ok"] is True and reply["sha256"] == sha256_of(good)
+    assert dest.read_bytes() == good

@@ -400,7 +400,8 @@ def _put(args: argparse.Namespace, home) -> int:
         size = os.stat(args.file).st_size
         if not os.path.isfile(args.file):
             raise IsADirectoryError(21, "not a regular file")
-        digest = file_sha256(args.file)  # once, for every host
+        # Several hosts: hash once for all. One host: hashed while it is sent.
+        digest = file_sha256(args.file) if len(targets) > 1 else None
     except OSError as exc:
         _error(f"{args.file}: {exc.strerror}")
         return EXIT_FAILED
@@ -431,7 +432,7 @@ def _put(args: argparse.Namespace, home) -> int:
                 bar.clear()
             print(
                 f"{target.label}: {outcome.kind} {outcome.result.path} "
-                f"({_human_size(size)}, sha256 {digest[:12]}…)",
+                f"({_human_size(size)}, sha256 {outcome.result.sha256[:12]}…)",
                 flush=True,
             )
         else:

@@ -12,6 +12,7 @@ validate (path, size, policy, parent) -> same content and metadata? "unchanged"
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import grp
 import hashlib
 import os
@@ -50,7 +51,7 @@ class TransferFailed(RequestError):
 class PutParams:
     path: str  # absolute, normalized destination
     size: int
-    sha256: str
+    sha256: str | None  # None: the client sends it in a DIGEST frame (it hashes meanwhile)
     mode: int
     uid: int
     gid: int
@@ -98,8 +99,8 @@ def parse_params(request: Request) -> PutParams:
             f"file of {size} bytes exceeds this daemon's limit of "
             f"{config.limits.max_put_size} bytes (limits.max_put_size)"
         )
-    if not isinstance(digest, str) or not _SHA256_HEX.match(digest):
-        raise BadRequest("sha256 must be 64 lowercase hex digits")
+    if digest is not None and (not isinstance(digest, str) or not _SHA256_HEX.match(digest)):
+        raise BadRequest("sha256 must be 64 lowercase hex digits or null")
     if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
         raise BadRequest(f"mode must be between 0 and 07777, got {mode!r}")
     uid, gid = _owner_ids(params.get("owner"), params.get("group"), request.client.run_as)
@@ -117,14 +118,20 @@ def run(request: Request) -> Outcome:
     real = os.path.join(os.path.realpath(folder), os.path.basename(params.path))
     if real != params.path:
         policy.check_put(request.client.name, request.client.allow_put, real)
-    fields = {"path": params.path, "bytes": 0, "sha256": params.sha256}
     existing = _existing_file(params.path)
-    same_size = existing is not None and existing.st_size == params.size
-    if same_size and file_sha256(params.path, DIGESTS) == params.sha256:
-        if _metadata_matches(existing, params):
-            return _outcome("unchanged", fields)
-        _apply_metadata(params.path, params)
-        return _outcome("changed", {**fields, "metadata_only": True})
+    if existing is not None and existing.st_size == params.size:
+        if params.sha256 is None:  # both sides hash at once, then compare
+            request.conn.send_json(FrameType.PROCEED, {"path": params.path, "digest_first": True})
+            have = file_sha256(params.path, DIGESTS)
+            params = dataclasses.replace(params, sha256=receive_digest(request))
+        else:
+            have = file_sha256(params.path, DIGESTS)
+        fields = {"path": params.path, "bytes": 0, "sha256": params.sha256}
+        if have == params.sha256:
+            if _metadata_matches(existing, params):
+                return _outcome("unchanged", fields)
+            _apply_metadata(params.path, params)
+            return _outcome("changed", {**fields, "metadata_only": True})
     upload = Upload(request, params)
     try:
         upload.receive()
@@ -132,7 +139,22 @@ def run(request: Request) -> Outcome:
         if upload.proceeded:  # the client is streaming: keep the connection in step
             exc.after_reply = upload.discard_rest
         raise
-    return _outcome("changed", {**fields, "bytes": params.size})
+    fields = {"path": params.path, "bytes": params.size, "sha256": upload.sha256}
+    return _outcome("changed", fields)
+
+
+def receive_digest(request: Request) -> str:
+    """Read the client's DIGEST frame (a CANCEL ends the request)."""
+    request.conn.sock.settimeout(request.config.limits.idle_timeout)
+    frame = request.conn.recv_frame()
+    if frame.type is FrameType.CANCEL:
+        raise TransferFailed("cancelled by the client")
+    if frame.type is not FrameType.DIGEST:
+        raise ProtocolError(f"expected DIGEST, got {frame.type.name}")
+    digest = frame.json().get("sha256")
+    if not isinstance(digest, str) or not _SHA256_HEX.match(digest):
+        raise ProtocolError("DIGEST must carry sha256 as 64 lowercase hex digits")
+    return digest
 
 
 def _outcome(status: str, fields: dict[str, Any]) -> Outcome:
@@ -175,6 +197,8 @@ class Upload:
         self.idle_timeout = request.config.limits.idle_timeout
         self.received = 0
         self.proceeded = False  # PROCEED sent: the client streams FILE_DATA from now on
+        self.sha256 = params.sha256  # known at the end at the latest
+        self.request = request
         self.client_done = False  # the client sent all it announced, or cancelled
 
     def receive(self) -> None:
@@ -214,7 +238,7 @@ class Upload:
             entry.close()
 
     def _fill(self, fd: int, temp: Path) -> None:
-        self.conn.send_json(FrameType.PROCEED, {"path": self.params.path})
+        self.conn.send_json(FrameType.PROCEED, {"path": self.params.path, "digest_first": False})
         self.proceeded = True
         writer = _Writer(fd, str(temp))
         writer.start()
@@ -225,9 +249,14 @@ class Upload:
         if writer.error is not None:
             raise TransferFailed(writer.error)
         actual = writer.digest.hexdigest()
-        if actual != self.params.sha256:
+        if self.sha256 is None:  # sent after the data
+            try:
+                self.sha256 = receive_digest(self.request)
+            finally:
+                self.client_done = True
+        if actual != self.sha256:
             raise TransferFailed(
-                f"checksum mismatch: announced sha256 {self.params.sha256}, received {actual}"
+                f"checksum mismatch: the client's sha256 is {self.sha256}, received {actual}"
             )
         try:
             os.fsync(fd)
@@ -252,7 +281,7 @@ class Upload:
                 )
             self.received += len(frame.payload)
             writer.put(bytes(frame.payload))
-        self.client_done = True
+        self.client_done = self.sha256 is not None  # else a DIGEST frame is still to come
 
     def _next_frame(self):
         try:
@@ -263,14 +292,20 @@ class Upload:
             ) from None
 
     def discard_rest(self) -> None:
-        """After an early RESULT: skip FILE_DATA until the announced size or a CANCEL."""
-        while not self.client_done and self.received < self.params.size:
+        """After an early RESULT: skip FILE_DATA until the announced size (and the DIGEST
+        that follows when it was not announced) or a CANCEL."""
+        trailing_digest = self.sha256 is None
+        while not self.client_done:
             frame = self._next_frame()
             if frame.type is FrameType.CANCEL:
+                return
+            if frame.type is FrameType.DIGEST and trailing_digest:
                 return
             if frame.type is not FrameType.FILE_DATA:
                 raise ProtocolError(f"expected FILE_DATA or CANCEL, got {frame.type.name}")
             self.received += len(frame.payload)
+            if self.received >= self.params.size and not trailing_digest:
+                return
 
 
 class _Writer(threading.Thread):
