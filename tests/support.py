@@ -38,11 +38,14 @@ def make_client_home(path: Path) -> ClientHome:
 class Daemon:
     """A running radmind subprocess and the files around it."""
 
-    def __init__(self, folder: Path, config: dict[str, Any]):
+    def __init__(self, folder: Path, config: dict[str, Any], env: dict[str, str] | None = None):
         self.folder = folder
         self.config_path = folder / "radmind.yaml"
-        self.log_path = folder / "radmind.log"
+        self.stderr_path = folder / "radmind.log"  # the daemon's stdout and stderr
+        log_file = config.get("log", {}).get("file")
+        self.log_path = folder / log_file if log_file else self.stderr_path  # JSON events
         self.config = config
+        self.env = env  # None: the test runner's environment
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.ports: list[int] = []
@@ -54,15 +57,15 @@ class Daemon:
 
     def start(self, timeout: float = 10.0) -> Daemon:
         self.write_config()
-        self.log_path.write_text("")
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            [RADMIND, "run", "-c", str(self.config_path)],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
+        self.stderr_path.write_text("")
+        with open(self.stderr_path, "ab") as output:
+            self.proc = subprocess.Popen(
+                [RADMIND, "run", "-c", str(self.config_path)],
+                stdout=output,
+                stderr=output,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for event in self.events():
@@ -71,12 +74,14 @@ class Daemon:
                     self.port = self.ports[0]
                     return self
             if self.proc.poll() is not None:
-                raise RuntimeError(f"radmind exited: {self.log_path.read_text()}")
+                raise RuntimeError(f"radmind exited: {self.stderr_path.read_text()}")
             time.sleep(0.02)
-        raise RuntimeError(f"radmind did not start: {self.log_path.read_text()}")
+        raise RuntimeError(f"radmind did not start: {self.stderr_path.read_text()}")
 
     def events(self) -> list[dict[str, Any]]:
         """The daemon's JSON log lines parsed (non-JSON lines are kept as 'raw')."""
+        if not self.log_path.exists():
+            return []
         out = []
         for line in self.log_path.read_text().splitlines():
             try:
@@ -189,3 +194,15 @@ def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
             break
         data += chunk
     return bytes(data)
+
+
+def trust(home: ClientHome, daemon: Daemon) -> list[str]:
+    """Record every address the daemon listens on in known_hosts (so stderr carries no
+    first-contact warning); return the addresses as `host:port`."""
+    listening = next(e for e in daemon.events() if e.get("event") == "listening")
+    addresses = [str(a) for a in listening["addresses"]]
+    presented = cert_file_fingerprint(Path(daemon.config["identity"]["cert"]))
+    with open(home.known_hosts, "a") as f:
+        for address in addresses:
+            f.write(f"{address} {presented}\n")
+    return addresses

@@ -103,43 +103,14 @@ def only_addresses(event: dict[str, Any], host: str) -> list[int]:
 
 
 class Radmind(Daemon):
-    """support.Daemon started with a chosen environment (NOTIFY_SOCKET, WATCHDOG_USEC).
-
-    Its log is read from `log.file` when the config sets one, else from stderr.
-    """
+    """support.Daemon started with a chosen environment (NOTIFY_SOCKET, WATCHDOG_USEC);
+    its stdout/stderr go to stderr.txt, its events to log.file when the config sets one."""
 
     def __init__(self, folder: Path, config: dict[str, Any], env: dict[str, str] | None = None):
-        super().__init__(folder, config)
-        self.env = env
+        super().__init__(folder, config, env)
         self.stderr_path = folder / "stderr.txt"
-        log_file = config.get("log", {}).get("file")
-        self.log_path = folder / log_file if log_file else self.stderr_path
-
-    def start(self, timeout: float = 10.0) -> Radmind:
-        self.write_config()
-        self.stderr_path.write_bytes(b"")
-        with open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen(
-                [RADMIND, "run", "-c", str(self.config_path)],
-                stdout=err,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-                env=self.env,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for event in self.events():
-                if event.get("event") == "listening":
-                    self.ports = [int(a.rsplit(":", 1)[1]) for a in event["addresses"]]
-                    self.port = self.ports[0]
-                    return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"radmind exited: {self.stderr_path.read_text()}")
-            time.sleep(0.02)
-        raise RuntimeError(f"radmind did not start: {self.stderr_path.read_text()}")
-
-    def events(self) -> list[dict[str, Any]]:
-        return super().events() if self.log_path.exists() else []
+        if not config.get("log", {}).get("file"):
+            self.log_path = self.stderr_path
 
 
 @pytest.fixture

@@ -33,26 +33,15 @@ from support import (
     frames_after_hello,
     make_client_home,
     run_cli,
+    trust,
 )
 
 from radmin.client import ClientOptions, RemoteError, connect
 from radmin.hosts import Target
-from radmin.identity import ClientHome, cert_file_fingerprint
+from radmin.identity import ClientHome
 from radmin.protocol import MAX_DATA, FrameType
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def trust(home, daemon) -> list[str]:
-    """Record every address the daemon listens on in known_hosts (no first-contact
-    warning on stderr); return the addresses as `host:port`."""
-    listening = next(e for e in daemon.events() if e.get("event") == "listening")
-    addresses = [str(a) for a in listening["addresses"]]
-    presented = cert_file_fingerprint(Path(daemon.config["identity"]["cert"]))
-    with open(home.known_hosts, "a") as f:
-        for address in addresses:
-            f.write(f"{address} {presented}\n")
-    return addresses
 
 
 class Shared(NamedTuple):

@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 
 import pytest
-from support import RADMIN_CLI, client_entry, make_client_home, run_cli
+from support import RADMIN_CLI, client_entry, make_client_home, run_cli, trust
 
 from radmin.client import ClientOptions, Connection, RemoteError, connect
 from radmin.hosts import Target
-from radmin.identity import cert_file_fingerprint
 from radmin.journal import TEMP_PREFIX
 from radmin.protocol import FrameType
 
@@ -39,18 +38,6 @@ ELLIPSIS = "\u2026"
 JSON_KEYS = {"host", "status", "path", "bytes", "sha256", "duration_s", "error"}
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def trust(home, daemon) -> list[str]:
-    """Record every address the daemon listens on in known_hosts (so stderr carries no
-    first-contact warning); return the addresses as `host:port`."""
-    listening = next(e for e in daemon.events() if e.get("event") == "listening")
-    addresses = [str(a) for a in listening["addresses"]]
-    presented = cert_file_fingerprint(Path(daemon.config["identity"]["cert"]))
-    with open(home.known_hosts, "a") as f:
-        for address in addresses:
-            f.write(f"{address} {presented}\n")
-    return addresses
 
 
 @pytest.fixture
