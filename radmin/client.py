@@ -450,9 +450,7 @@ class Connection:
 
                 sha256 = file_sha256(local_path)
             self._send_json(FrameType.DIGEST, {"sha256": sha256})
-            frame_type, reply = self._recv_json(
-                FrameType.PROCEED, FrameType.RESULT, long_wait=True
-            )
+            frame_type, reply = self._recv_json(FrameType.PROCEED, FrameType.RESULT, long_wait=True)
         sent = 0
         if frame_type is FrameType.PROCEED:
             sent, streamed_digest = self._send_file(

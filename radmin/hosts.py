@@ -10,12 +10,14 @@ The client's `config.yaml` (in the client home) may define aliases and groups:
       all: ["@web", db1]          # groups may include groups
 
 Kept free of yaml on the hot path: the config file is only read when a spec names
-something that is not a plain address.
+something that is not an IP address (`radmin-cli exec 10.0.0.5 ...` never parses it;
+an alias that looks like an IP address is therefore not consulted).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from typing import NamedTuple
 
 from radmin import DEFAULT_PORT
@@ -84,8 +86,9 @@ class HostBook:
             raise HostSpecError(f"{path}: cannot read: {exc.strerror}") from None
         import yaml
 
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=loader) or {}
         except yaml.YAMLError as exc:
             raise HostSpecError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict) or set(data) - {"hosts", "groups"}:
@@ -129,3 +132,25 @@ class HostBook:
         except ValueError as exc:
             raise HostSpecError(str(exc)) from None
         return [Target(entry, host, port)]
+
+
+def _is_ip_address(entry: str) -> bool:
+    """An IP literal, with or without a port: used as it is, never an alias."""
+    try:
+        host, _ = parse_host_port(entry)
+    except ValueError:
+        return False
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except OSError:
+            pass
+    return False
+
+
+def resolve_hosts(spec: str, config_path: os.PathLike[str] | str) -> list[Target]:
+    """HOSTS -> targets, reading the client's config.yaml only if some entry needs it."""
+    if all(_is_ip_address(entry) for entry in spec.split(",")):
+        return HostBook({}, {}).resolve(spec)
+    return HostBook.load(config_path).resolve(spec)

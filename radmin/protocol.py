@@ -29,6 +29,8 @@ MAX_CONTROL = 64 * 1024
 MAX_DATA = 1024 * 1024
 # Bytes queued for sending before a pump stops producing (stdout pipes, stdin reads).
 HIGH_WATER = 1024 * 1024
+_INITIAL_BUFFER = 64 * 1024
+_FULL_BUFFER = HEADER.size + MAX_DATA + 64 * 1024
 _SEND_CHUNK = 256 * 1024
 
 
@@ -120,7 +122,8 @@ class FrameSocket:
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        self._buf = bytearray(HEADER.size + MAX_DATA + 64 * 1024)
+        # Small until a large frame arrives: an idle connection costs 64 KiB, not 1 MiB.
+        self._buf = bytearray(_INITIAL_BUFFER)
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
@@ -138,7 +141,7 @@ class FrameSocket:
         total = HEADER.size + length
         if available < total:
             if self._start + total > len(self._buf):
-                self._compact()
+                self._make_room(total)
             return None
         payload = self._view[self._start + HEADER.size : self._start + total]
         self._start += total
@@ -148,6 +151,21 @@ class FrameSocket:
         """Move a partial frame to the front so the rest of it fits behind."""
         pending = self._end - self._start
         self._buf[:pending] = self._buf[self._start : self._end]
+        self._start, self._end = 0, pending
+
+    def _make_room(self, frame_size: int) -> None:
+        """Compact, or move to a full-size buffer (once) if the frame cannot fit.
+
+        A new buffer rather than a resize: a caller may still hold a payload view into
+        the old one, and a bytearray with live views cannot change size.
+        """
+        if frame_size <= len(self._buf):
+            self._compact()
+            return
+        pending = self._end - self._start
+        bigger = bytearray(_FULL_BUFFER)
+        bigger[:pending] = self._view[self._start : self._end]
+        self._buf, self._view = bigger, memoryview(bigger)
         self._start, self._end = 0, pending
 
     def _receive_more(self) -> int:

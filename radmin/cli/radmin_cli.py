@@ -145,8 +145,15 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + 13
 
 
+def _line(stream, text: str) -> None:
+    """One write per line (print() makes two), so lines from a fan-out's threads never
+    interleave."""
+    stream.write(text + "\n")
+    stream.flush()
+
+
 def _error(message: str) -> None:
-    print(f"radmin-cli: {message}", file=sys.stderr)
+    _line(sys.stderr, f"radmin-cli: {message}")
 
 
 def _keygen(args: argparse.Namespace, home) -> int:
@@ -195,10 +202,10 @@ def _fingerprint(args: argparse.Namespace, home) -> int:
 
 
 def _resolve_hosts(spec: str, home):
-    from radmin.hosts import HostBook, HostSpecError
+    from radmin.hosts import HostSpecError, resolve_hosts
 
     try:
-        return HostBook.load(home.config).resolve(spec)
+        return resolve_hosts(spec, home.config)
     except HostSpecError as exc:
         _error(str(exc))
         return None
@@ -212,7 +219,7 @@ def _options(args: argparse.Namespace, home, cancel_fd: int | None = None):
         strict_host_key=args.strict_host_key,
         host_fingerprint=args.host_fingerprint,
         connect_timeout=args.connect_timeout,
-        warn=lambda message: print(message, file=sys.stderr),
+        warn=lambda message: _line(sys.stderr, message),
         cancel_fd=cancel_fd,
     )
 
@@ -237,11 +244,11 @@ def _ping(args: argparse.Namespace, home) -> int:
         except RemoteError as exc:
             _error(f"{target.label}: {exc}")
             return EXIT_FAILED
-        print(
+        _line(
+            sys.stdout,
             f"{target.label}: radmind {result.version} (protocol {result.protocol}), "
             f'known as "{result.client}", rtt {result.rtt_s * 1000:.2f} ms '
             f"(connect {result.connect_s * 1000:.1f} ms)",
-            flush=True,
         )
         return EXIT_OK
 
@@ -382,6 +389,7 @@ def _put(args: argparse.Namespace, home) -> int:
 
     from radmin.fanout import (
         SUCCESS,
+        SharedOutput,
         combined_status,
         put_on_host,
         put_record,
@@ -406,6 +414,7 @@ def _put(args: argparse.Namespace, home) -> int:
         _error(f"{args.file}: {exc.strerror}")
         return EXIT_FAILED
     options = _options(args, home)
+    stdout = SharedOutput(sys.stdout.buffer)
     bar = _progress_bar(size * len(targets), show=not args.json)
     bar_lock = threading.Lock()
 
@@ -425,16 +434,16 @@ def _put(args: argparse.Namespace, home) -> int:
             sha256=digest,
             progress=advance if bar else None,
         )
-        if args.json:
-            print(put_record(outcome, args.remote_path, digest), flush=True)
+        if args.json:  # one write per line: threads must not interleave
+            stdout.write(put_record(outcome, args.remote_path, digest).encode() + b"\n")
         elif outcome.kind in SUCCESS:
             if bar:
                 bar.clear()
-            print(
+            line = (
                 f"{target.label}: {outcome.kind} {outcome.result.path} "
-                f"({_human_size(size)}, sha256 {outcome.result.sha256[:12]}…)",
-                flush=True,
+                f"({_human_size(size)}, sha256 {outcome.result.sha256[:12]}…)\n"
             )
+            stdout.write(line.encode())
         else:
             if bar:
                 bar.clear()

@@ -33,7 +33,7 @@ from radmin.ops import Outcome, Request
 from radmin.protocol import FrameSocket, FrameType
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_QUEUE_CHUNKS = 16  # frames in flight between the socket thread and the writer
+_QUEUE_CHUNKS = 4  # frames in flight between the socket thread and the writer (memory)
 
 
 # Digests of files this daemon wrote or hashed, so a repeated upload of a large file
