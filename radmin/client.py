@@ -78,6 +78,7 @@ class ClientOptions:
         self.cancel_fd = cancel_fd
         self.known_hosts = KnownHosts(home.known_hosts)
         self._context: ssl.SSLContext | None = None
+        self._digests = None
         self._lock = threading.Lock()
 
     def tls_context(self) -> ssl.SSLContext:
@@ -91,6 +92,16 @@ class ClientOptions:
                     )
                 self._context = client_context(self.home.key, self.home.cert)
             return self._context
+
+    def digest_cache(self):
+        """SHA-256s of local files by (dev, inode, size, mtime, ctime): a re-upload of an
+        unchanged file does not read it again (radmin/hashing.py)."""
+        with self._lock:
+            if self._digests is None:
+                from radmin.hashing import FileDigestCache
+
+                self._digests = FileDigestCache(str(self.home.digests))
+            return self._digests
 
     def own_fingerprint(self) -> str:
         from radmin.identity import cert_file_fingerprint
@@ -433,6 +444,8 @@ class Connection:
         """
         started = time.monotonic()
         info = os.stat(local_path)
+        if sha256 is None:
+            sha256 = self.options.digest_cache().get(info)
         self.request(
             "put",
             path=remote_path,
@@ -448,7 +461,7 @@ class Connection:
             if sha256 is None:
                 from radmin.hashing import file_sha256
 
-                sha256 = file_sha256(local_path)
+                sha256 = file_sha256(local_path, self.options.digest_cache())
             self._send_json(FrameType.DIGEST, {"sha256": sha256})
             frame_type, reply = self._recv_json(FrameType.PROCEED, FrameType.RESULT, long_wait=True)
         sent = 0
@@ -483,6 +496,7 @@ class Connection:
         sent = 0
         try:
             with open(local_path, "rb", buffering=0) as f:
+                before = os.fstat(f.fileno())
                 while sent < size:
                     n = f.readinto(view[: min(MAX_DATA, size - sent)])
                     if not n:
@@ -497,11 +511,19 @@ class Connection:
                     if self._answered_early():
                         self._send_json(FrameType.CANCEL, {})
                         return sent, None
+                after = os.fstat(f.fileno())
         except (OSError, ssl.SSLError) as exc:
             if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
                 raise
             raise TransportError(_describe_failure(exc, "connection lost")) from None
-        return sent, digest.hexdigest() if digest is not None else None
+        if digest is None:
+            return sent, None
+        hexdigest = digest.hexdigest()
+        from radmin.hashing import version_key
+
+        if version_key(before) == version_key(after) and after.st_size == size:
+            self.options.digest_cache().remember(before, hexdigest)
+        return sent, hexdigest
 
     def _answered_early(self) -> bool:
         """Has the daemon sent its RESULT before all data was sent (disk full, say)?"""

@@ -218,6 +218,10 @@ class ClientHome:
     def config(self) -> Path:
         return self.path / "config.yaml"
 
+    @property
+    def digests(self) -> Path:
+        return self.path / "digests"
+
 
 # -- known_hosts ----------------------------------------------------------------------
 

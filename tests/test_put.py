@@ -827,3 +827,26 @@ def test_put_trailing_digest_mismatch_keeps_the_old_file(daemon, client_home):
     reply = _raw_put_with_trailing_digest(frames, dest, good, sha256_of(good))
     assert reply["ok"] is True and reply["sha256"] == sha256_of(good)
     assert dest.read_bytes() == good
+
+
+def test_put_digest_caches_never_hide_a_change(daemon, client_home, tmp_path):
+    """Both sides cache digests by (dev, inode, size, mtime, ctime); rewriting a file with
+    same-size content -- even restoring its mtime -- must still be seen as a change."""
+    local = write(tmp_path / "cached.txt", b"version 1\n")
+    dest = uploads(daemon) / "cached.txt"
+    for _ in range(3):  # changed, then unchanged from the caches
+        assert run_cli(client_home, "put", str(local), daemon.address, str(dest)).returncode == 0
+    assert client_home.digests.exists()
+    before = os.stat(local)
+    local.write_bytes(b"version 2\n")
+    os.utime(local, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size, same mtime
+    result = run_cli(client_home, "put", str(local), daemon.address, str(dest))
+    assert result.returncode == 0, result.stderr
+    assert b": changed " in result.stdout
+    assert dest.read_bytes() == b"version 2\n"
+    dest_stat = os.stat(dest)
+    dest.write_bytes(b"version 3\n")  # someone edits the host's copy behind radmin's back
+    os.utime(dest, ns=(dest_stat.st_atime_ns, dest_stat.st_mtime_ns))
+    result = run_cli(client_home, "put", str(local), daemon.address, str(dest))
+    assert b": changed " in result.stdout
+    assert dest.read_bytes() == b"version 2\n"

@@ -409,11 +409,11 @@ def _put(args: argparse.Namespace, home) -> int:
         if not os.path.isfile(args.file):
             raise IsADirectoryError(21, "not a regular file")
         # Several hosts: hash once for all. One host: hashed while it is sent.
-        digest = file_sha256(args.file) if len(targets) > 1 else None
+        options = _options(args, home)
+        digest = file_sha256(args.file, options.digest_cache()) if len(targets) > 1 else None
     except OSError as exc:
         _error(f"{args.file}: {exc.strerror}")
         return EXIT_FAILED
-    options = _options(args, home)
     stdout = SharedOutput(sys.stdout.buffer)
     bar = _progress_bar(size * len(targets), show=not args.json)
     bar_lock = threading.Lock()
