@@ -182,62 +182,102 @@ def test_check_names_file_line_and_key_for_unknown_nested_key(folder):
     assert "max_connections" in message  # the known keys are listed, so the typo is obvious
 
 
-def test_check_names_file_line_and_key_for_unknown_key_inside_a_client(folder):
-    text = GOOD.replace("    run_as: root", "    runas: root")
-    path = write(folder, text)
-    assert_reports(check(path), path, line_of(text, "runas"), "clients.ops.runas", "unknown")
-
-
-def test_check_names_file_line_and_key_for_wrong_type(folder):
-    text = GOOD.replace("max_connections: 512", 'max_connections: "many"')
-    path = write(folder, text)
-    assert_reports(
-        check(path), path, line_of(text, "max_connections"), "limits.max_connections", "many"
-    )
-
-
-def test_check_names_file_line_and_key_for_a_mapping_where_a_list_belongs(folder):
-    text = GOOD.replace('exec: ["*"]', "exec: {any: true}")
-    path = write(folder, text)
-    assert_reports(check(path), path, line_of(text, "exec:"), "clients.ops.allow.exec")
-
-
-def test_check_names_file_line_and_key_for_nonsense_listen_address(folder):
-    text = GOOD.replace('listen: ["127.0.0.1:7420", "[::1]:7420"]', 'listen: ["nonsense"]')
-    path = write(folder, text)
-    assert_reports(check(path), path, line_of(text, "listen:"), "listen", "nonsense")
-
-
-def test_check_names_file_line_and_key_for_listen_address_without_port(folder):
-    text = GOOD.replace('listen: ["127.0.0.1:7420", "[::1]:7420"]', 'listen: ["1.2.3.4"]')
-    path = write(folder, text)
-    assert_reports(check(path), path, line_of(text, "listen:"), "listen", "1.2.3.4", "port")
-
-
-def test_check_names_file_line_and_key_for_listen_port_out_of_range(folder):
-    text = GOOD.replace('listen: ["127.0.0.1:7420", "[::1]:7420"]', 'listen: ["1.2.3.4:70000"]')
-    path = write(folder, text)
-    assert_reports(check(path), path, line_of(text, "listen:"), "listen", "70000")
-
-
-def test_check_names_file_line_and_key_for_missing_identity_cert_file(folder):
-    text = GOOD.replace("cert: server.crt", "cert: no-such-server.crt")
-    path = write(folder, text)
-    assert_reports(
-        check(path),
-        path,
-        line_of(text, "no-such-server.crt"),
-        "identity.cert",
+LISTEN = 'listen: ["127.0.0.1:7420", "[::1]:7420"]'
+# (replace this, with that) in GOOD; the line holding `marker`; the key; words the message has
+BAD_VALUES = {
+    "unknown_key_inside_a_client": (
+        ("    run_as: root", "    runas: root"),
+        "runas",
+        "clients.ops.runas",
+        ("unknown",),
+    ),
+    "wrong_type": (
+        ("max_connections: 512", 'max_connections: "many"'),
+        "max_connections",
+        "limits.max_connections",
+        ("many",),
+    ),
+    "a_mapping_where_a_list_belongs": (
+        ('exec: ["*"]', "exec: {any: true}"),
+        "exec:",
+        "clients.ops.allow.exec",
+        (),
+    ),
+    "nonsense_listen_address": (
+        (LISTEN, 'listen: ["nonsense"]'),
+        "listen:",
+        "listen",
+        ("nonsense",),
+    ),
+    "listen_address_without_port": (
+        (LISTEN, 'listen: ["1.2.3.4"]'),
+        "listen:",
+        "listen",
+        ("1.2.3.4", "port"),
+    ),
+    "listen_port_out_of_range": (
+        (LISTEN, 'listen: ["1.2.3.4:70000"]'),
+        "listen:",
+        "listen",
+        ("70000",),
+    ),
+    "missing_identity_cert_file": (
+        ("cert: server.crt", "cert: no-such-server.crt"),
         "no-such-server.crt",
-    )
+        "identity.cert",
+        ("no-such-server.crt",),
+    ),
+    "missing_identity_key_file": (
+        ("key: server.key", "key: no-such-server.key"),
+        "no-such-server.key",
+        "identity.key",
+        ("no-such-server.key",),
+    ),
+    "bad_size_string": (
+        ("max_put_size: 10GiB", "max_put_size: 10 bananas"),
+        "bananas",
+        "limits.max_put_size",
+        ("10 bananas",),
+    ),
+    "bad_log_level": (("level: info", "level: verbose"), "verbose", "log.level", ("verbose",)),
+    "bad_log_format": (("format: json", "format: xml"), "format: xml", "log.format", ("xml",)),
+    "zero_timeout": (
+        ("handshake_timeout: 10", "handshake_timeout: 0"),
+        "handshake_timeout",
+        "limits.handshake_timeout",
+        (),
+    ),
+    "bad_client_name": (("  ops:", "  'bad name!':"), "bad name!", "clients.bad name!", ()),
+    "run_as_unknown_user": (
+        ("run_as: root", "run_as: no-such-user-radmin-test"),
+        "run_as",
+        "clients.ops.run_as",
+        ("no-such-user-radmin-test",),
+    ),
+    "relative_put_default_dir": (
+        ("default_dir: /var/tmp/radmin", "default_dir: var/tmp/radmin"),
+        "default_dir",
+        "put.default_dir",
+        ("var/tmp/radmin",),
+    ),
+    "a_duplicate_key": (
+        ("  level: info\n", "  level: info\n  level: debug\n"),
+        "level: debug",
+        "log.level",
+        ("duplicate",),
+    ),
+}
 
 
-def test_check_names_file_line_and_key_for_missing_identity_key_file(folder):
-    text = GOOD.replace("key: server.key", "key: no-such-server.key")
+@pytest.mark.parametrize("case", BAD_VALUES)
+def test_check_names_file_line_and_key_for_a_bad_value(folder, case):
+    """Each case changes one line of a good config: check names the file, that line and
+    the key, and says what is wrong."""
+    (old, new), marker, key, words = BAD_VALUES[case]
+    text = GOOD.replace(old, new)
+    assert text != GOOD, f"{case}: the replacement did not apply"
     path = write(folder, text)
-    assert_reports(
-        check(path), path, line_of(text, "no-such-server.key"), "identity.key", "no-such-server.key"
-    )
+    assert_reports(check(path), path, line_of(text, marker), key, *words)
 
 
 def test_check_names_file_line_and_key_for_a_client_cert_file_with_garbage(folder):
@@ -269,32 +309,6 @@ def test_check_names_file_line_and_key_for_a_missing_client_cert_file(folder):
     )
 
 
-def test_check_names_file_line_and_key_for_bad_size_string(folder):
-    text = GOOD.replace("max_put_size: 10GiB", "max_put_size: 10 bananas")
-    path = write(folder, text)
-    assert_reports(check(path), path, line_of(text, "bananas"), "limits.max_put_size", "10 bananas")
-
-
-def test_check_names_file_line_and_key_for_bad_log_level(folder):
-    text = GOOD.replace("level: info", "level: verbose")
-    path = write(folder, text)
-    assert_reports(check(path), path, line_of(text, "verbose"), "log.level", "verbose")
-
-
-def test_check_names_file_line_and_key_for_bad_log_format(folder):
-    text = GOOD.replace("format: json", "format: xml")
-    path = write(folder, text)
-    assert_reports(check(path), path, line_of(text, "format: xml"), "log.format", "xml")
-
-
-def test_check_names_file_line_and_key_for_zero_timeout(folder):
-    text = GOOD.replace("handshake_timeout: 10", "handshake_timeout: 0")
-    path = write(folder, text)
-    assert_reports(
-        check(path), path, line_of(text, "handshake_timeout"), "limits.handshake_timeout"
-    )
-
-
 def test_check_names_client_without_cert(folder):
     text = GOOD.replace("    cert: clients/ops.crt\n", "")
     path = write(folder, text)
@@ -302,12 +316,6 @@ def test_check_names_client_without_cert(folder):
     entry = (line_of(text, "  ops:"), line_of(text, "allow:"))
     message = assert_reports(check(path), path, entry, "clients.ops.cert")
     assert "missing" in message
-
-
-def test_check_names_file_line_and_key_for_bad_client_name(folder):
-    text = GOOD.replace("  ops:", "  'bad name!':")
-    path = write(folder, text)
-    assert_reports(check(path), path, line_of(text, "bad name!"), "clients.bad name!")
 
 
 TWO_CLIENTS_SAME_CERT = """\
@@ -338,32 +346,6 @@ def test_check_points_at_the_cert_line_of_the_second_client_with_the_same_cert(f
     path = write(folder, TWO_CLIENTS_SAME_CERT)
     line = line_of(TWO_CLIENTS_SAME_CERT, "cert: clients/ops.crt", occurrence=2)
     assert_reports(check(path), path, line, "clients.backup.cert", "ops")
-
-
-def test_check_names_file_line_and_key_for_run_as_unknown_user(folder):
-    text = GOOD.replace("run_as: root", "run_as: no-such-user-radmin-test")
-    path = write(folder, text)
-    assert_reports(
-        check(path),
-        path,
-        line_of(text, "run_as"),
-        "clients.ops.run_as",
-        "no-such-user-radmin-test",
-    )
-
-
-def test_check_names_file_line_and_key_for_relative_put_default_dir(folder):
-    text = GOOD.replace("default_dir: /var/tmp/radmin", "default_dir: var/tmp/radmin")
-    path = write(folder, text)
-    assert_reports(
-        check(path), path, line_of(text, "default_dir"), "put.default_dir", "var/tmp/radmin"
-    )
-
-
-def test_check_names_file_line_and_key_for_a_duplicate_key(folder):
-    text = GOOD.replace("  level: info\n", "  level: info\n  level: debug\n")
-    path = write(folder, text)
-    assert_reports(check(path), path, line_of(text, "level: debug"), "log.level", "duplicate")
 
 
 def test_check_names_file_and_line_for_a_yaml_syntax_error(folder):
