@@ -60,10 +60,15 @@ def api_throughput(args: argparse.Namespace) -> dict:
     from radmin.hosts import Target
 
     options = _options(args.home)
-    ready = threading.Barrier(args.threads + 1)
     counts = [0] * args.threads
     errors: list[str] = []
     window: dict[str, float] = {}
+
+    def start_clock() -> None:  # runs once, before any thread is released
+        window["start"] = time.monotonic()
+        window["deadline"] = window["start"] + args.seconds
+
+    ready = threading.Barrier(args.threads + 1, action=start_clock)
 
     def worker(index: int) -> None:
         try:
@@ -92,8 +97,7 @@ def api_throughput(args: argparse.Namespace) -> dict:
         ready.wait(timeout=60)
     except threading.BrokenBarrierError:
         return {"error": "; ".join(errors) or "threads did not connect in time"}
-    start = time.monotonic()
-    window["deadline"] = start + args.seconds
+    start = window["start"]
     for thread in threads:
         thread.join(timeout=args.seconds + 60)
     ends = [v for k, v in window.items() if k.startswith("end")]
