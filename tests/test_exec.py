@@ -268,21 +268,27 @@ def test_exec_forwards_piped_stdin(host, home):
     assert result.stdout.strip() == b"2"
 
 
-def test_exec_dash_n_gives_the_command_eof_at_once(host, home):
-    # stdin is a pipe that stays open: without -n, cat would wait for it forever.
-    proc = start_cli(
-        home, "exec", "-n", host, "cat; echo done", stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+def wait_with_stdin_open(proc: subprocess.Popen, failure: str) -> tuple[int, bytes]:
+    """Wait (5 s at most) for a client whose stdin pipe we keep open; (status, stdout)."""
     try:
         status = proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
-        pytest.fail("cat did not get EOF with -n")
+        pytest.fail(failure)
     finally:
         proc.kill()
         proc.stdin.close()
         out = proc.stdout.read()
         proc.stdout.close()
         proc.wait()
+    return status, out
+
+
+def test_exec_dash_n_gives_the_command_eof_at_once(host, home):
+    # stdin is a pipe that stays open: without -n, cat would wait for it forever.
+    proc = start_cli(
+        home, "exec", "-n", host, "cat; echo done", stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    status, out = wait_with_stdin_open(proc, "cat did not get EOF with -n")
     assert status == 0
     assert out == b"done\n"
 
@@ -314,18 +320,11 @@ def test_exec_does_not_forward_a_terminal_stdin(host, home):
 
 def test_exec_returns_when_command_exits_though_stdin_stays_open(host, home):
     proc = start_cli(home, "exec", host, "echo hi", stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        proc.stdin.write(b"unread input\n")
-        proc.stdin.flush()  # and never closed while we wait
-        status = proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the client kept waiting for its stdin after the command ended")
-    finally:
-        proc.kill()
-        proc.stdin.close()
-        out = proc.stdout.read()
-        proc.stdout.close()
-        proc.wait()
+    proc.stdin.write(b"unread input\n")
+    proc.stdin.flush()  # and never closed while we wait
+    status, out = wait_with_stdin_open(
+        proc, "the client kept waiting for its stdin after the command ended"
+    )
     assert status == 0
     assert out == b"hi\n"
 
