@@ -23,11 +23,13 @@ from typing import Any
 
 import yaml
 
+from radmin import policy
 from radmin.errors import ConfigError
 from radmin.hosts import parse_host_port
 from radmin.identity import fingerprint, pem_to_der
 
 DEFAULT_CONFIG_PATH = "/etc/radmin/radmind.yaml"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -106,6 +108,38 @@ def _string_list(value: Any, ctx: _Context) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError(f"expected a list of strings, got {_describe(value)}")
     return tuple(value)
+
+
+def _exec_patterns(value: Any, ctx: _Context) -> tuple[str, ...]:
+    patterns = _string_list(value, ctx)
+    for pattern in patterns:
+        problem = policy.check_exec_pattern(pattern)
+        if problem:
+            raise ValueError(problem)
+    return patterns
+
+
+def _path_patterns(value: Any, ctx: _Context) -> tuple[str, ...]:
+    patterns = _string_list(value, ctx)
+    for pattern in patterns:
+        problem = policy.check_path_pattern(pattern)
+        if problem:
+            raise ValueError(problem)
+    return patterns
+
+
+def _env_names(value: Any, ctx: _Context) -> tuple[str, ...]:
+    names = _string_list(value, ctx)
+    for name in names:
+        if not ENV_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a valid environment variable name")
+    return names
+
+
+def _boolean(value: Any, ctx: _Context) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_describe(value)}")
+    return value
 
 
 def _listen_list(value: Any, ctx: _Context) -> tuple[tuple[str, int], ...]:
@@ -215,17 +249,43 @@ CLIENT_SCHEMA: Schema = {
     ),
     "allow": {
         "exec": Setting(
-            _string_list,
+            _exec_patterns,
             (),
             'Command patterns the client may run; "*" = any shell command; [] = none.',
             '["*"]',
         ),
         "put": Setting(
-            _string_list,
+            _path_patterns,
             (),
             "Destination path patterns the client may write (glob, ** spans folders).",
             '["/srv/**", "/tmp/**"]',
         ),
+        "get": Setting(
+            _path_patterns,
+            (),
+            "Path patterns the client may download (same glob syntax as put).",
+            '["/var/log/**"]',
+        ),
+        "env": Setting(
+            _env_names,
+            (),
+            "-e names a restricted client may set (docs/policy.md); unsafe names need "
+            "env_unsafe.",
+            "[DEPLOY_ENV]",
+        ),
+        "env_unsafe": Setting(
+            _boolean,
+            False,
+            "Also allow listed names that change how programs run (LD_*, PATH, PYTHON*...).",
+            "false",
+        ),
+        "cwd": Setting(
+            _path_patterns,
+            (),
+            "--cwd places a restricted client may use (glob); [] = none.",
+            '["/srv/**"]',
+        ),
+        "shell": Setting(_boolean, False, "Interactive shell allowed.", "false"),
     },
     "run_as": Setting(
         _user,
@@ -325,6 +385,16 @@ class ClientPolicy:
     allow_exec: tuple[str, ...]
     allow_put: tuple[str, ...]
     run_as: str | None
+    allow_get: tuple[str, ...] = ()
+    allow_env: tuple[str, ...] = ()
+    allow_env_unsafe: bool = False
+    allow_cwd: tuple[str, ...] = ()
+    allow_shell: bool = False
+
+    @property
+    def restricted(self) -> bool:
+        """Only what the patterns list, run without a shell (docs/policy.md)."""
+        return not policy.is_unrestricted(self.allow_exec)
 
 
 @dataclass(frozen=True)
@@ -355,6 +425,12 @@ class Config:
     limits: Limits
     log: LogSettings
     clients: Mapping[str, ClientPolicy] = field(default_factory=dict)  # by fingerprint
+    # Problems that do not stop the daemon (`check` prints them on stderr): rules that
+    # can never match, a run_as client with "*", certificates past their dates.
+    warnings: tuple[str, ...] = ()
+
+    def client_named(self, name: str) -> ClientPolicy | None:
+        return next((c for c in self.clients.values() if c.name == name), None)
 
     def client_for(self, client_fingerprint: str) -> ClientPolicy | None:
         return self.clients.get(client_fingerprint)
@@ -371,6 +447,7 @@ class _Walker:
         self.loader = loader
         self.ctx = _Context(path.parent)
         self.problems: list[str] = []
+        self.warnings: list[str] = []
         self.lines: dict[str, int] = {}  # dotted key -> line of its value, for later checks
 
     def problem(self, node: yaml.Node, key: str, message: str) -> None:
@@ -378,6 +455,9 @@ class _Walker:
 
     def problem_at(self, line: int, key: str, message: str) -> None:
         self.problems.append(f"{self.path}:{line}: {key}: {message}")
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(f"{self.path}:{self.lines.get(key, 0)}: {key}: warning: {message}")
 
     def mapping(self, node: yaml.Node, schema: Schema, prefix: str) -> dict[str, Any]:
         if not isinstance(node, yaml.MappingNode):
@@ -478,6 +558,7 @@ def load_config(path: Path) -> Config:
         limits=Limits(**values["limits"]),
         log=LogSettings(**values["log"]),
         clients=MappingProxyType(clients),
+        warnings=tuple(walker.warnings),
     )
 
 
@@ -505,6 +586,7 @@ def _build_clients(entries: dict[str, dict[str, Any]], walker: _Walker) -> dict[
             key = f"clients.{name}.cert"
             walker.problem_at(walker.lines.get(key, 0), key, f"same certificate as {other!r}")
             continue
+        _warn_about_client(name, entry, pem, walker)
         by_fingerprint[client_fp] = ClientPolicy(
             name=name,
             fingerprint=client_fp,
@@ -512,8 +594,52 @@ def _build_clients(entries: dict[str, dict[str, Any]], walker: _Walker) -> dict[
             allow_exec=entry["allow"]["exec"],
             allow_put=entry["allow"]["put"],
             run_as=entry["run_as"],
+            allow_get=entry["allow"]["get"],
+            allow_env=entry["allow"]["env"],
+            allow_env_unsafe=entry["allow"]["env_unsafe"],
+            allow_cwd=entry["allow"]["cwd"],
+            allow_shell=entry["allow"]["shell"],
         )
     return by_fingerprint
+
+
+def _warn_about_client(name: str, entry: dict[str, Any], pem: str, walker: _Walker) -> None:
+    """What `check` should point out about a client without refusing the config."""
+    prefix = f"clients.{name}"
+    allow = entry["allow"]
+    for pattern in allow["exec"]:
+        for message in policy.exec_pattern_warnings(pattern):
+            walker.warn(f"{prefix}.allow.exec", message)
+    for key in ("put", "get", "cwd"):
+        for pattern in allow[key]:
+            for message in policy.path_pattern_warnings(pattern):
+                walker.warn(f"{prefix}.allow.{key}", message)
+    if entry["run_as"] and policy.is_unrestricted(allow["exec"]):
+        walker.warn(
+            f"{prefix}.run_as",
+            f'allow.exec has "*": client {name!r} is as powerful as user {entry["run_as"]!r}',
+        )
+    dates = _outside_validity(pem)
+    if dates:
+        walker.warn(f"{prefix}.cert", f"{dates} (accepted anyway: trust is the fingerprint)")
+
+
+def _outside_validity(pem: str) -> str | None:
+    """'certificate expired on DATE' / 'not valid before DATE', or None."""
+    import datetime
+
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return None
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if cert.not_valid_after_utc < now:
+        return f"certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}"
+    if cert.not_valid_before_utc > now:
+        return f"certificate not valid before {cert.not_valid_before_utc:%Y-%m-%d}"
+    return None
 
 
 # -- documentation generated from the schema -----------------------------------------

@@ -23,7 +23,6 @@ class ConnectionClosed(RadminError):
     def __init__(self, message: str, truncated: bool = False):
         super().__init__(message)
         self.truncated = truncated
-        self.details: dict[str, object] = {}  # what an operation wants logged about it
 
 
 class RequestError(RadminError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 import select
 import socket
 import socketserver
@@ -41,6 +42,7 @@ from radmin.protocol import FrameSocket, FrameType
 from radmin.tls import server_context
 
 SUPPORTED_PROTOCOLS = (PROTOCOL_VERSION,)
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 # The only operations a client can ask for: an explicit table, never a name lookup.
 OPERATIONS: dict[str, Callable[[Request], Outcome]] = {
@@ -322,23 +324,28 @@ class Session(socketserver.BaseRequestHandler):
         self.requests += 1
         op_name = message.get("op")
         log = self.log.bind(request_id=request_id, op=op_name)
+        run_id = message.get("run_id")
+        if isinstance(run_id, str) and RUN_ID.fullmatch(run_id):
+            log = log.bind(run_id=run_id)
         started = time.monotonic()
         client = config.client_for(self.client_fp)
         operation = OPERATIONS.get(op_name) if isinstance(op_name, str) else None
+        request = Request(
+            op=str(op_name),
+            params=message,
+            client=client,  # type: ignore[arg-type]  # checked first thing below
+            config=config,
+            conn=self.conn,
+            log=log,
+            shutting_down=self.state.stopping,
+        )
+        if client is not None:
+            request.audit["run_as"] = client.run_as
         try:
             if client is None:
                 raise NotAuthorized("this client is no longer authorized (config reloaded)")
             if operation is None:
                 raise RequestError(f"unsupported operation {op_name!r}")
-            request = Request(
-                op=op_name,
-                params=message,
-                client=client,
-                config=config,
-                conn=self.conn,
-                log=log,
-                shutting_down=self.state.stopping,
-            )
             outcome = operation(request)
         except RequestError as exc:
             outcome = Outcome(
@@ -346,23 +353,14 @@ class Session(socketserver.BaseRequestHandler):
             )
             result = exc.code
         except ConnectionClosed as exc:
-            fields = {
-                "error": str(exc),
-                "duration_s": round(time.monotonic() - started, 4),
-                **exc.details,
-            }
-            log.warning("request", **{**fields, "outcome": "disconnected"})
+            _audit(log, "disconnected", started, request.audit, {"error": str(exc)})
             raise
         else:
-            outcome = Outcome({"ok": True, **outcome.reply}, outcome.log, outcome.after_reply)
+            request.audit.update(outcome.log)
+            outcome = Outcome({"ok": True, **outcome.reply}, after_reply=outcome.after_reply)
             result = "ok"
         self.conn.send_json(FrameType.RESULT, outcome.reply)
-        fields = {
-            "error": outcome.reply.get("message"),
-            "duration_s": round(time.monotonic() - started, 4),
-            **outcome.log,
-        }
-        log.info("request", outcome=result, **fields)
+        _audit(log, result, started, request.audit, {"error": outcome.reply.get("message")})
         if outcome.after_reply is not None:
             outcome.after_reply()
 
@@ -372,6 +370,18 @@ class Session(socketserver.BaseRequestHandler):
             self.conn.send_json(FrameType.ERROR, {"code": code, "message": message})
         except (OSError, RadminError):
             pass
+
+
+def _audit(
+    log: Any, result: str, started: float, audit: dict[str, Any], extra: dict[str, Any]
+) -> None:
+    """The one event per request: what was asked, which rule decided, how it ended.
+
+    Refusals and failures are warnings, so an audit can filter on level.
+    """
+    fields = {**audit, **extra, "duration_s": round(time.monotonic() - started, 4)}
+    level = log.info if result == "ok" else log.warning
+    level("request", outcome=result, **fields)
 
 
 def _linger_close(sock: socket.socket, seconds: float = 0.25) -> None:

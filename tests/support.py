@@ -135,8 +135,17 @@ def base_config(server_identity: Path, state_dir: Path, **overrides: Any) -> dic
     return config
 
 
-def client_entry(home: ClientHome, exec_allow=("*",), put_allow=("/**",)) -> dict[str, Any]:
-    return {"cert": str(home.cert), "allow": {"exec": list(exec_allow), "put": list(put_allow)}}
+def client_entry(
+    home: ClientHome, exec_allow=("*",), put_allow=("/**",), run_as: str | None = None, **allow: Any
+) -> dict[str, Any]:
+    """A `clients:` entry; extra keywords are further `allow:` keys (env, cwd, get...)."""
+    entry: dict[str, Any] = {
+        "cert": str(home.cert),
+        "allow": {"exec": list(exec_allow), "put": list(put_allow), **allow},
+    }
+    if run_as is not None:
+        entry["run_as"] = run_as
+    return entry
 
 
 def run_cli(

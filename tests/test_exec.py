@@ -873,7 +873,9 @@ def test_python_api_run_collects_output(shared):
 
 
 def test_python_api_runs_several_execs_on_one_connection(daemon_factory, client_home):
-    daemon = daemon_factory({"ops": client_entry(client_home, exec_allow=("echo *", "cat"))})
+    daemon = daemon_factory(
+        {"ops": client_entry(client_home, exec_allow=("echo *", "cat"), cwd=["/**"])}
+    )
     with api_connect(daemon, client_home) as conn:
         assert conn.run("echo one").stdout == b"one\n"
         assert conn.run("cat", stdin=b"two\n").stdout == b"two\n"

@@ -1,7 +1,12 @@
-"""exec, daemon side: run one shell command and stream its output live.
+"""exec, daemon side: run one command and stream its output live.
 
-The command runs as `/bin/sh -c COMMAND` in a new session (its own process group), so a
-timeout, a CANCEL or a dropped connection can end it *and* everything it started.
+request -> policy (command, -e names, --cwd; docs/policy.md) -> run_as user, working
+directory, an environment built from scratch -> spawn -> pump -> RESULT.
+
+An unrestricted client's command runs as `/bin/sh -c COMMAND`; a restricted client's
+runs as the argv its pattern matched, without a shell. Either way in a new session (its
+own process group), so a timeout, a CANCEL or a dropped connection can end it *and*
+everything it started.
 
 One thread drives everything with poll(): the TLS socket, the command's stdout, stderr
 and stdin pipes, and a pidfd for its exit. Nothing is buffered without bound: when the
@@ -18,9 +23,11 @@ from __future__ import annotations
 
 import errno
 import os
+import posixpath
 import pwd
 import re
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -28,16 +35,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from radmin import policy
+from radmin.config import ClientPolicy
 from radmin.errors import BadRequest, ConnectionClosed, ProtocolError, RequestError
 from radmin.ops import Outcome, Request
 from radmin.protocol import HIGH_WATER, FrameSocket, FrameType
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 STDIN_WINDOW = 1024 * 1024  # stdin bytes a client may send ahead of the command's reads
 READ_SIZE = 64 * 1024
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Where a restricted client's bare program names are looked up (docs/policy.md): fixed,
+# root-owned folders only, whoever the run_as user is.
+SAFE_PATH = ROOT_PATH
+NOT_FOUND = 127  # what a shell answers for a missing program
 _HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
 
 
@@ -50,6 +62,15 @@ class ExecParams:
     stdin: bool
 
 
+@dataclass(frozen=True)
+class ExecPlan:
+    """What the policy allowed: argv to run directly, or a shell command line."""
+
+    argv: list[str]
+    shell: bool
+    rule: str | None
+
+
 def parse_params(params: dict[str, Any], timeout_ceiling: float) -> ExecParams:
     command = params.get("command")
     if not isinstance(command, str) or not command.strip():
@@ -57,20 +78,20 @@ def parse_params(params: dict[str, Any], timeout_ceiling: float) -> ExecParams:
     if "\0" in command:
         raise BadRequest("the command contains a NUL byte")
     cwd = params.get("cwd")
-    if cwd is not None and (not isinstance(cwd, str) or not cwd.startswith("/")):
+    if cwd is not None and (not isinstance(cwd, str) or not cwd.startswith("/") or "\0" in cwd):
         raise BadRequest(f"--cwd must be an absolute path, got {cwd!r}")
     env = params.get("env") or {}
     if not isinstance(env, dict):
         raise BadRequest("env must be a mapping of NAME to VALUE")
     for name, value in env.items():
-        if not ENV_NAME.match(name):
+        if not ENV_NAME.fullmatch(name):
             raise BadRequest(f"invalid environment variable name {name!r}")
         if not isinstance(value, str) or "\0" in value:
             raise BadRequest(f"invalid value for environment variable {name}")
     timeout = params.get("timeout")
     if timeout is None:
         timeout = timeout_ceiling
-    elif isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+    elif isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise BadRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
     return ExecParams(
         command=command,
@@ -79,6 +100,27 @@ def parse_params(params: dict[str, Any], timeout_ceiling: float) -> ExecParams:
         timeout=min(float(timeout), timeout_ceiling),
         stdin=bool(params.get("stdin", False)),
     )
+
+
+def authorize(client: ClientPolicy, params: ExecParams) -> ExecPlan:
+    """The policy step: command, -e names and --cwd, before anything is looked up."""
+    verdict = policy.exec_verdict(client.allow_exec, params.command)
+    verdict.enforce()
+    for name in sorted(params.env):
+        policy.env_verdict(
+            client.allow_exec, client.allow_env, client.allow_env_unsafe, name
+        ).enforce()
+    if not client.restricted:
+        return ExecPlan(["/bin/sh", "-c", params.command], shell=True, rule=verdict.rule)
+    if params.cwd is not None:
+        cwd_verdict(client, params.cwd).enforce()
+    return ExecPlan(policy.split_command(params.command), shell=False, rule=verdict.rule)
+
+
+def cwd_verdict(client: ClientPolicy, cwd: str) -> policy.Verdict:
+    if ".." in cwd.split("/"):
+        return policy.Verdict(False, None, "--cwd must not contain '..'")
+    return policy.path_verdict(client.allow_cwd, "cwd", posixpath.normpath(cwd))
 
 
 def target_user(run_as: str | None) -> pwd.struct_passwd:
@@ -90,21 +132,49 @@ def target_user(run_as: str | None) -> pwd.struct_passwd:
         raise RequestError(f"run_as user {run_as!r} does not exist on this host") from None
 
 
-def login_env(user: pwd.struct_passwd, extra: dict[str, str]) -> dict[str, str]:
-    """A clean, login-like environment: the daemon's own variables never leak in."""
+def working_directory(client: ClientPolicy, requested: str | None, user: pwd.struct_passwd) -> str:
+    """--cwd (held to allow.cwd where it really is), else home, else / (as sudo -i)."""
+    if requested is None:
+        return user.pw_dir if user.pw_dir and os.path.isdir(user.pw_dir) else "/"
+    if not os.path.isdir(requested):
+        raise BadRequest(f"working directory {requested} does not exist")
+    real = os.path.realpath(requested)
+    if client.restricted and real != posixpath.normpath(requested):
+        cwd_verdict(client, real).enforce()  # a symlink inside allow.cwd leading out
+    return real
+
+
+def command_env(user: pwd.struct_passwd, extra: dict[str, str]) -> dict[str, str]:
+    """Built from scratch, as sudo's env_reset: the daemon's own variables never leak in,
+    only its locale and time zone."""
     env = {
         "PATH": ROOT_PATH if user.pw_uid == 0 else USER_PATH,
         "HOME": user.pw_dir,
         "USER": user.pw_name,
         "LOGNAME": user.pw_name,
         "SHELL": user.pw_shell or "/bin/sh",
-        "LANG": os.environ.get("LANG") or "C.UTF-8",
+        "LANG": "C.UTF-8",
     }
+    env.update(
+        (name, value)
+        for name, value in os.environ.items()
+        if name in ("LANG", "LANGUAGE", "TZ") or name.startswith("LC_")
+    )
     env.update(extra)
     return env
 
 
-def _spawn(params: ExecParams, user: pwd.struct_passwd, cwd: str) -> subprocess.Popen[bytes]:
+def resolve_program(plan: ExecPlan) -> str | None:
+    """The executable a restricted argv names: absolute as written, bare from SAFE_PATH."""
+    program = plan.argv[0]
+    if plan.shell or program.startswith("/"):
+        return program
+    return shutil.which(program, path=SAFE_PATH)
+
+
+def _spawn(
+    plan: ExecPlan, executable: str, env: dict[str, str], user: pwd.struct_passwd, cwd: str
+) -> subprocess.Popen[bytes]:
     switch_user: dict[str, Any] = {}
     if user.pw_uid != os.geteuid():
         switch_user = {
@@ -114,12 +184,13 @@ def _spawn(params: ExecParams, user: pwd.struct_passwd, cwd: str) -> subprocess.
         }
     try:
         return subprocess.Popen(
-            ["/bin/sh", "-c", params.command],
+            plan.argv,
+            executable=executable,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
-            env=login_env(user, params.env),
+            env=env,
             start_new_session=True,
             close_fds=True,
             **switch_user,
@@ -129,20 +200,22 @@ def _spawn(params: ExecParams, user: pwd.struct_passwd, cwd: str) -> subprocess.
 
 
 def run(request: Request) -> Outcome:
-    config = request.config
+    client, config = request.client, request.config
     params = parse_params(request.params, config.limits.exec_timeout)
-    policy.check_exec(request.client.name, request.client.allow_exec, params.command)
-    user = target_user(request.client.run_as)
-    cwd = params.cwd or user.pw_dir
-    if not os.path.isdir(cwd):
-        raise BadRequest(f"working directory {cwd} does not exist")
-    log_fields: dict[str, Any] = {
-        "command": params.command,
-        "cwd": cwd,
-        "user": user.pw_name,
-        "env_names": sorted(params.env),
-    }
-    proc = _spawn(params, user, cwd)
+    request.audit.update(command=params.command, env_names=sorted(params.env))
+    if params.cwd is not None:
+        request.audit["cwd"] = params.cwd
+    plan = authorize(client, params)
+    request.audit["rule"] = plan.rule
+    if not plan.shell:
+        request.audit["argv"] = plan.argv
+    user = target_user(client.run_as)
+    cwd = working_directory(client, params.cwd, user)
+    request.audit.update(cwd=cwd, run_as=user.pw_name)
+    executable = resolve_program(plan)
+    if executable is None:
+        return _not_found(request, plan.argv[0])
+    proc = _spawn(plan, executable, command_env(user, params.env), user, cwd)
     pump = ProcessPump(request.conn, proc, params.timeout, config.limits.idle_timeout)
     try:
         request.conn.send_json(FrameType.PROCEED, {"pid": proc.pid, "stdin_window": STDIN_WINDOW})
@@ -150,18 +223,40 @@ def run(request: Request) -> Outcome:
     except BaseException as exc:
         pump.terminate_group()
         if isinstance(exc, ConnectionClosed | OSError):
-            gone = ConnectionClosed(f"client went away during exec: {exc}")
-            gone.details = {**log_fields, **pump.summary()}
-            raise gone from None
+            request.audit.update(pump.summary())
+            raise ConnectionClosed(f"client went away during exec: {exc}") from None
         raise
     summary = pump.summary()
     return Outcome(
         reply={
             k: summary[k] for k in ("exit_code", "signal", "timed_out", "cancelled", "duration_s")
         },
-        log={**log_fields, **summary},
+        log=summary,
         after_reply=pump.drain_client_input,
     )
+
+
+def _not_found(request: Request, program: str) -> Outcome:
+    """A shell's answer for a missing program: a message on stderr and status 127."""
+    conn = request.conn
+    conn.send_json(FrameType.PROCEED, {"pid": None, "stdin_window": STDIN_WINDOW})
+    conn.send_frame(FrameType.STDERR, f"radmind: {program}: command not found\n".encode())
+    reply = {"exit_code": NOT_FOUND, "signal": None, "timed_out": False, "cancelled": False}
+    return Outcome(
+        reply={**reply, "duration_s": 0.0},
+        log={**reply, "not_found": program},
+        after_reply=lambda: drain_client_input(conn),
+    )
+
+
+def drain_client_input(conn: FrameSocket) -> None:
+    """Discard STDIN until the client's EOF: the next frame must be a REQUEST."""
+    while True:
+        frame = conn.recv_frame()
+        if frame.type is FrameType.EOF:
+            return
+        if frame.type not in (FrameType.STDIN, FrameType.CANCEL):
+            raise ProtocolError(f"expected STDIN or EOF after an exec, got {frame.type.name}")
 
 
 class ProcessPump:
@@ -422,13 +517,9 @@ class ProcessPump:
     # -- after the RESULT --------------------------------------------------------------
 
     def drain_client_input(self) -> None:
-        """Discard STDIN until the client's EOF: the next frame must be a REQUEST."""
-        while not self.client_eof:
-            frame = self.conn.recv_frame()
-            if frame.type is FrameType.EOF:
-                self.client_eof = True
-            elif frame.type not in (FrameType.STDIN, FrameType.CANCEL):
-                raise ProtocolError(f"expected STDIN or EOF after an exec, got {frame.type.name}")
+        if not self.client_eof:
+            drain_client_input(self.conn)
+            self.client_eof = True
 
     def summary(self) -> dict[str, Any]:
         exit_code, signum = self.status or (None, None)
