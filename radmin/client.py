@@ -458,7 +458,8 @@ class Connection:
             name=os.path.basename(local_path),
             size=info.st_size,
             sha256=sha256,
-            mode=info.st_mode & 0o7777 if mode is None else mode,
+            mode=mode,  # None: the host keeps an existing file's bits
+            local_mode=info.st_mode & 0o7777,
             owner=owner,
             group=group,
         )

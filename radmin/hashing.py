@@ -80,16 +80,27 @@ class FileDigestCache(DigestCache):
 
 
 def file_sha256(path: str, cache: DigestCache | None = None) -> str:
-    with open(path, "rb", buffering=0) as f:
-        before = os.fstat(f.fileno())
-        if cache is not None and (known := cache.get(before)) is not None:
-            return known
-        digest = hashlib.sha256()
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
-        hexdigest = digest.hexdigest()
-        if cache is not None and version_key(os.fstat(f.fileno())) == version_key(before):
-            cache.remember(before, hexdigest)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fd_sha256(fd, cache)
+    finally:
+        os.close(fd)
+
+
+def fd_sha256(fd: int, cache: DigestCache | None = None) -> str:
+    """SHA-256 of an open file from its start (the daemon hashes a descriptor it opened
+    without following symlinks, so the file hashed is the file checked)."""
+    before = os.fstat(fd)
+    if cache is not None and (known := cache.get(before)) is not None:
+        return known
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    offset = 0
+    while n := os.preadv(fd, [buffer], offset):
+        digest.update(view[:n])
+        offset += n
+    hexdigest = digest.hexdigest()
+    if cache is not None and version_key(os.fstat(fd)) == version_key(before):
+        cache.remember(before, hexdigest)
     return hexdigest

@@ -197,14 +197,20 @@ def test_put_new_file_is_changed_with_content_mode_and_human_line(
     assert stat.S_IMODE(dest.stat().st_mode) == 0o640
 
 
-def test_put_default_mode_is_the_local_files_permission_bits(daemon, host, client_home, tmp_path):
+def test_put_new_file_gets_the_local_bits_an_existing_file_keeps_its_own(
+    daemon, host, client_home, tmp_path
+):
     local = write(tmp_path / "tool.sh", b"#!/bin/sh\necho hi\n", mode=0o751)
     dest = uploads(daemon) / "tool.sh"
     result = run_cli(client_home, "put", str(local), host, str(dest))
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(dest.stat().st_mode) == 0o751
-    write(local, b"#!/bin/sh\necho hi\n", mode=0o604)
+    write(local, b"#!/bin/sh\necho changed\n", mode=0o604)
     result = run_cli(client_home, "put", str(local), host, str(dest))
+    assert result.returncode == 0, result.stderr
+    assert dest.read_bytes() == b"#!/bin/sh\necho changed\n"
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o751  # as scp/rsync/Ansible copy
+    result = run_cli(client_home, "put", "--mode", "604", str(local), host, str(dest))
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(dest.stat().st_mode) == 0o604
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from radmin import journal, policy
-from radmin.errors import BadRequest, ConnectionClosed, ProtocolError, RequestError
-from radmin.hashing import DigestCache, file_sha256
+from radmin import journal, policy, userfiles
+from radmin.errors import BadRequest, ConnectionClosed, PolicyDenied, ProtocolError, RequestError
+from radmin.hashing import DigestCache, fd_sha256
 from radmin.ops import Outcome, Request
 from radmin.protocol import FrameSocket, FrameType
 
@@ -52,6 +52,14 @@ class PutParams:
     path: str  # absolute, normalized destination
     size: int
     sha256: str | None  # None: the client sends it in a DIGEST frame (it hashes meanwhile)
+    mode: int | None  # --mode, or None: keep an existing file's bits, else local_mode
+    local_mode: int  # the local file's permission bits
+    owner: str | None
+    group: str | None
+
+
+@dataclass(frozen=True)
+class Metadata:
     mode: int
     uid: int
     gid: int
@@ -74,24 +82,24 @@ def resolve_destination(path: Any, name: Any, default_dir: Path) -> str:
     return posixpath.normpath(path)
 
 
-def _owner_ids(owner: Any, group: Any, run_as: str | None) -> tuple[int, int]:
-    """Owner defaults to the client's run_as user (else the daemon's), group to its group."""
-    try:
-        user = pwd.getpwnam(owner or run_as) if (owner or run_as) else pwd.getpwuid(os.geteuid())
-    except (KeyError, TypeError):
-        raise BadRequest(f"no such user {owner or run_as!r} on this host") from None
-    if group is None:
-        return user.pw_uid, user.pw_gid
-    try:
-        return user.pw_uid, grp.getgrnam(group).gr_gid
-    except (KeyError, TypeError):
-        raise BadRequest(f"no such group {group!r} on this host") from None
+def _mode(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o7777:
+        raise BadRequest(f"{what} must be between 0 and 07777, got {value!r}")
+    return value
+
+
+def _name(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise BadRequest(f"{what} must be a user or group name, got {value!r}")
+    return value
 
 
 def parse_params(request: Request) -> PutParams:
     params, config = request.params, request.config
     path = resolve_destination(params.get("path"), params.get("name"), config.put_default_dir)
-    size, digest, mode = params.get("size"), params.get("sha256"), params.get("mode", 0o644)
+    size, digest = params.get("size"), params.get("sha256")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise BadRequest(f"size must be a byte count, got {size!r}")
     if size > config.limits.max_put_size:
@@ -101,46 +109,196 @@ def parse_params(request: Request) -> PutParams:
         )
     if digest is not None and (not isinstance(digest, str) or not _SHA256_HEX.match(digest)):
         raise BadRequest("sha256 must be 64 lowercase hex digits or null")
-    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
-        raise BadRequest(f"mode must be between 0 and 07777, got {mode!r}")
-    uid, gid = _owner_ids(params.get("owner"), params.get("group"), request.client.run_as)
-    return PutParams(path, size, digest, mode, uid, gid)
+    mode = params.get("mode")
+    return PutParams(
+        path=path,
+        size=size,
+        sha256=digest,
+        mode=None if mode is None else _mode(mode, "mode"),
+        local_mode=_mode(params.get("local_mode", 0o644), "local_mode"),
+        owner=_name(params.get("owner"), "owner"),
+        group=_name(params.get("group"), "group"),
+    )
+
+
+# -- who the file belongs to: checked before anything is looked up ----------------------
+
+
+def check_requested_metadata(params: PutParams, user: pwd.struct_passwd) -> None:
+    """A non-root run_as user gets only what it could do itself: its own name, its own
+    groups, no set-id or sticky bits. Compared as names first, so a refusal tells
+    nothing about which users or groups exist."""
+    if user.pw_uid == 0:
+        return
+    if params.owner is not None and params.owner != user.pw_name:
+        raise PolicyDenied(f"{policy.DENIED}: --owner other than the run_as user {user.pw_name}")
+    if params.group is not None and params.group not in _group_names(user):
+        raise PolicyDenied(f"{policy.DENIED}: --group is not a group of {user.pw_name}")
+    _refuse_special_bits(params.mode, user)
+
+
+def _refuse_special_bits(mode: int | None, user: pwd.struct_passwd) -> None:
+    if user.pw_uid != 0 and mode is not None and mode & 0o7000:
+        raise PolicyDenied(
+            f"{policy.DENIED}: setuid/setgid/sticky bits ({mode:04o}) for run_as {user.pw_name}"
+        )
+
+
+def _group_names(user: pwd.struct_passwd) -> set[str]:
+    names = set()
+    for gid in os.getgrouplist(user.pw_name, user.pw_gid):
+        with contextlib.suppress(KeyError):
+            names.add(grp.getgrgid(gid).gr_name)
+    return names
+
+
+def target_metadata(
+    params: PutParams, user: pwd.struct_passwd, existing: userfiles.Entry | None
+) -> Metadata:
+    """An existing file keeps its bits (and, for a root run_as, its owner and group); a
+    new file gets the local bits; --mode/--owner/--group override (scp -p, Ansible copy)."""
+    if params.mode is not None:
+        mode = params.mode
+    else:
+        mode = existing.mode & 0o7777 if existing is not None else params.local_mode
+    _refuse_special_bits(mode, user)
+    privileged = user.pw_uid == 0
+    uid = existing.uid if existing is not None and privileged else user.pw_uid
+    gid = existing.gid if existing is not None and privileged else user.pw_gid
+    if params.owner is not None:
+        try:
+            owner = pwd.getpwnam(params.owner)
+        except KeyError:
+            raise BadRequest(f"no such user {params.owner!r} on this host") from None
+        uid, gid = owner.pw_uid, owner.pw_gid
+    if params.group is not None:
+        try:
+            gid = grp.getgrnam(params.group).gr_gid
+        except KeyError:
+            raise BadRequest(f"no such group {params.group!r} on this host") from None
+    return Metadata(mode, uid, gid)
+
+
+def target_user(run_as: str | None) -> pwd.struct_passwd:
+    if run_as is None:
+        return pwd.getpwuid(os.geteuid())
+    try:
+        return pwd.getpwnam(run_as)
+    except KeyError:
+        raise RequestError(f"run_as user {run_as!r} does not exist on this host") from None
+
+
+# -- the operation ----------------------------------------------------------------------
 
 
 def run(request: Request) -> Outcome:
     params = parse_params(request)
-    policy.check_put(request.client.name, request.client.allow_put, params.path)
-    folder = os.path.dirname(params.path)
-    if not os.path.isdir(folder):
-        raise BadRequest(f"folder {folder} does not exist (radmin does not create folders)")
+    request.audit.update(path=params.path, size=params.size)
+    policy.path_verdict(request.client.allow_put, "put", params.path).enforce()
+    user = target_user(request.client.run_as)
+    request.audit["run_as"] = user.pw_name
+    check_requested_metadata(params, user)
+    access = userfiles.access_as(user)
+    try:
+        return _put_into(request, params, user, access)
+    finally:
+        access.close()
+
+
+def _put_into(
+    request: Request, params: PutParams, user: pwd.struct_passwd, access: userfiles.Access
+) -> Outcome:
+    folder, name = posixpath.split(params.path)
+    resolved = _open_folder(access, folder)
     # The rule must hold where the file really lands: a symlinked folder inside an
     # allowed tree must not lead outside it.
-    real = os.path.join(os.path.realpath(folder), os.path.basename(params.path))
-    if real != params.path:
-        policy.check_put(request.client.name, request.client.allow_put, real)
-    existing = _existing_file(params.path)
-    if existing is not None and existing.st_size == params.size:
-        if params.sha256 is None:  # both sides hash at once, then compare
-            request.conn.send_json(FrameType.PROCEED, {"path": params.path, "digest_first": True})
-            have = file_sha256(params.path, DIGESTS)
-            params = dataclasses.replace(params, sha256=receive_digest(request))
-        else:
-            have = file_sha256(params.path, DIGESTS)
-        fields = {"path": params.path, "bytes": 0, "sha256": params.sha256}
-        if have == params.sha256:
-            if _metadata_matches(existing, params):
-                return _outcome("unchanged", fields)
-            _apply_metadata(params.path, params)
-            return _outcome("changed", {**fields, "metadata_only": True})
-    upload = Upload(request, params)
+    real_path = posixpath.join(resolved, name)
+    if real_path != params.path:
+        request.audit["real_path"] = real_path
+        policy.path_verdict(request.client.allow_put, "put", real_path).enforce()
+    existing = _existing_file(access, name, params.path)
+    target = target_metadata(params, user, existing)
+    fields = _owner_fields(target)
+    if existing is not None and existing.size == params.size:
+        owns = user.pw_uid in (0, existing.uid)  # it could chmod/chgrp the file itself
+        same, params = _compare_content(request, params, access, name, existing, target, owns)
+        if same is not None:
+            return same
+    upload = Upload(request, params, target, access, resolved)
     try:
         upload.receive()
     except TransferFailed as exc:
         if upload.proceeded:  # the client is streaming: keep the connection in step
             exc.after_reply = upload.discard_rest
         raise
-    fields = {"path": params.path, "bytes": params.size, "sha256": upload.sha256}
+    fields.update(path=params.path, bytes=params.size, sha256=upload.sha256)
     return _outcome("changed", fields)
+
+
+def _open_folder(access: userfiles.Access, folder: str) -> str:
+    try:
+        return access.open_folder(folder)
+    except userfiles.PathChanged:
+        raise PolicyDenied(f"{policy.DENIED}: {folder} changed while it was opened") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise BadRequest(
+            f"folder {folder} does not exist (radmin does not create folders)"
+        ) from None
+    except OSError as exc:
+        raise TransferFailed(f"cannot open folder {folder}: {exc.strerror}") from None
+
+
+def _compare_content(
+    request: Request,
+    params: PutParams,
+    access: userfiles.Access,
+    name: str,
+    existing: userfiles.Entry,
+    target: Metadata,
+    may_change_metadata: bool,
+) -> tuple[Outcome | None, PutParams]:
+    """`unchanged` (or a metadata-only change) when the destination already has this
+    content; None when the data must be sent. The params come back with the client's
+    digest when it was asked for first."""
+    fd = access.open_read(name)
+    if fd is None:
+        return None, params  # the run_as user cannot read it: replace it
+    try:
+        if params.sha256 is None:  # both sides hash at once, then compare
+            request.conn.send_json(FrameType.PROCEED, {"path": params.path, "digest_first": True})
+            have = fd_sha256(fd, DIGESTS)
+            params = dataclasses.replace(params, sha256=receive_digest(request))
+        else:
+            have = fd_sha256(fd, DIGESTS)
+        fields = {"path": params.path, "bytes": 0, "sha256": params.sha256, **_owner_fields(target)}
+        if have != params.sha256:
+            return None, params
+        if Metadata(existing.mode & 0o7777, existing.uid, existing.gid) == target:
+            return _outcome("unchanged", fields), params
+        if not may_change_metadata:
+            return None, params  # not the run_as user's file: replaced by one that is
+        _apply_metadata(fd, params.path, target)
+        return _outcome("changed", {**fields, "metadata_only": True}), params
+    finally:
+        os.close(fd)
+
+
+def _owner_fields(target: Metadata) -> dict[str, Any]:
+    return {"owner": _user_name(target.uid), "group": _group_name(target.gid)}
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def receive_digest(request: Request) -> str:
@@ -161,38 +319,46 @@ def _outcome(status: str, fields: dict[str, Any]) -> Outcome:
     return Outcome({"status": status, **fields}, {"status": status, **fields})
 
 
-def _existing_file(path: str) -> os.stat_result | None:
+def _existing_file(access: userfiles.Access, name: str, path: str) -> userfiles.Entry | None:
+    """The regular file at the destination, None if there is none (a symlink there is
+    replaced, never followed)."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
+        entry = access.lstat(name)
     except OSError as exc:
         raise TransferFailed(f"cannot inspect {path}: {exc.strerror}") from None
-    if stat.S_ISDIR(st.st_mode):
+    if entry is not None and stat.S_ISDIR(entry.mode):
         raise BadRequest(f"{path} is a directory (end the remote path with / to upload into it)")
-    return st if stat.S_ISREG(st.st_mode) else None
+    return entry if entry is not None and stat.S_ISREG(entry.mode) else None
 
 
-def _metadata_matches(st: os.stat_result, params: PutParams) -> bool:
-    return (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (params.mode, params.uid, params.gid)
-
-
-def _apply_metadata(path: str, params: PutParams, fd: int | None = None) -> None:
-    target: int | str = fd if fd is not None else path
+def _apply_metadata(fd: int, path: str, target: Metadata) -> None:
+    """On the descriptor, never by path: a name swapped for a symlink cannot redirect it."""
     try:
-        if (params.uid, params.gid) != (os.geteuid(), os.getegid()) or fd is None:
-            os.chown(target, params.uid, params.gid)
-        os.chmod(target, params.mode)  # after chown: chown clears set-id bits
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) != (target.uid, target.gid):
+            os.fchown(fd, target.uid, target.gid)
+        os.fchmod(fd, target.mode)  # after chown: chown clears set-id bits
     except OSError as exc:
         raise TransferFailed(f"cannot set owner/mode on {path}: {exc.strerror}") from None
 
 
 class Upload:
-    """One transfer into a journaled temporary file."""
+    """One transfer into a journaled temporary file beside the destination."""
 
-    def __init__(self, request: Request, params: PutParams):
+    def __init__(
+        self,
+        request: Request,
+        params: PutParams,
+        target: Metadata,
+        access: userfiles.Access,
+        folder: str,
+    ):
         self.conn: FrameSocket = request.conn
         self.params = params
+        self.target = target
+        self.access = access
+        self.folder = folder  # resolved, and open in `access`
+        self.name = posixpath.basename(params.path)
         self.state_dir = request.config.state_dir
         self.idle_timeout = request.config.limits.idle_timeout
         self.received = 0
@@ -202,40 +368,44 @@ class Upload:
         self.client_done = False  # the client sent all it announced, or cancelled
 
     def receive(self) -> None:
-        folder = os.path.dirname(self.params.path)
-        temp = Path(folder) / journal.temp_name(self.params.path)
+        temp_name = journal.temp_name(self.params.path)
+        temp = Path(self.folder) / temp_name
         try:
             entry = journal.JournalEntry(self.state_dir, temp)
         except OSError as exc:
             raise TransferFailed(
                 f"cannot record the upload in {self.state_dir}: {exc.strerror}"
             ) from None
-        created = False
+        renamed = False
         try:
             try:
-                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            except OSError as exc:
-                raise TransferFailed(f"cannot create a file in {folder}: {exc.strerror}") from None
-            created = True
-            try:
-                self._fill(fd, temp)
-            finally:
-                os.close(fd)
-            try:
-                written = os.stat(temp)
-                os.rename(temp, self.params.path)
-                created = False
-                _fsync_folder(folder)
-                DIGESTS.remember(written, self.params.sha256)  # rename keeps inode and ctime
+                fd = self.access.create(temp_name)
             except OSError as exc:
                 raise TransferFailed(
-                    f"cannot move the upload into place at {self.params.path}: {exc.strerror}"
+                    f"cannot create a file in {self.folder}: {exc.strerror}"
                 ) from None
+            try:
+                self._fill(fd, temp)
+                self._rename(temp_name)
+                renamed = True
+                # After the rename, which changes ctime: the next put of the same
+                # content then finds the digest in the cache.
+                DIGESTS.remember(os.fstat(fd), self.sha256)
+            finally:
+                os.close(fd)
         finally:
-            if created:
+            if not renamed:
                 with contextlib.suppress(OSError):
-                    temp.unlink()
+                    self.access.unlink(temp_name)
             entry.close()
+
+    def _rename(self, temp_name: str) -> None:
+        try:
+            self.access.rename(temp_name, self.name)
+        except OSError as exc:
+            raise TransferFailed(
+                f"cannot move the upload into place at {self.params.path}: {exc.strerror}"
+            ) from None
 
     def _fill(self, fd: int, temp: Path) -> None:
         self.conn.send_json(FrameType.PROCEED, {"path": self.params.path, "digest_first": False})
@@ -262,7 +432,7 @@ class Upload:
             os.fsync(fd)
         except OSError as exc:
             raise TransferFailed(f"writing {self.params.path} failed: {exc.strerror}") from None
-        _apply_metadata(self.params.path, self.params, fd)
+        _apply_metadata(fd, self.params.path, self.target)
 
     def _stream_into(self, writer: _Writer) -> None:
         self.conn.sock.settimeout(self.idle_timeout)
@@ -339,9 +509,3 @@ class _Writer(threading.Thread):
                 self.error = f"writing the upload failed: {exc.strerror}"
 
 
-def _fsync_folder(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
