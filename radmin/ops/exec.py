@@ -202,7 +202,7 @@ def _spawn(
 def run(request: Request) -> Outcome:
     client, config = request.client, request.config
     params = parse_params(request.params, config.limits.exec_timeout)
-    request.audit.update(command=params.command, env_names=sorted(params.env))
+    request.audit.update(command=params.command, env_names=sorted(params.env), rule=None)
     if params.cwd is not None:
         request.audit["cwd"] = params.cwd
     plan = authorize(client, params)

@@ -193,8 +193,9 @@ def target_user(run_as: str | None) -> pwd.struct_passwd:
 
 def run(request: Request) -> Outcome:
     params = parse_params(request)
-    request.audit.update(path=params.path, size=params.size)
-    policy.path_verdict(request.client.allow_put, "put", params.path).enforce()
+    verdict = policy.path_verdict(request.client.allow_put, "put", params.path)
+    request.audit.update(path=params.path, size=params.size, rule=verdict.rule)
+    verdict.enforce()
     user = target_user(request.client.run_as)
     request.audit["run_as"] = user.pw_name
     check_requested_metadata(params, user)
