@@ -25,7 +25,7 @@ import yaml
 
 from radmin.errors import ConfigError
 from radmin.hosts import parse_host_port
-from radmin.identity import fingerprint, pem_to_der
+from radmin.identity import fingerprint, key_mode_problem, pem_to_der
 
 DEFAULT_CONFIG_PATH = "/etc/radmin/radmind.yaml"
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -67,13 +67,18 @@ def _absolute_path(value: Any, ctx: _Context) -> Path:
 
 
 def _key_file(value: Any, ctx: _Context) -> Path:
+    """A readable PEM private key that only its owner can access (OpenSSH's rule)."""
     path = _path(value, ctx)
     try:
         data = path.read_bytes()
+        key_mode = path.stat().st_mode
     except OSError as exc:
         raise ValueError(f"cannot read key file {path}: {exc.strerror}") from None
     if b"PRIVATE KEY-----" not in data:
         raise ValueError(f"{path} does not hold a PEM private key")
+    problem = key_mode_problem(path, key_mode)
+    if problem:
+        raise ValueError(problem)
     return path
 
 
