@@ -249,7 +249,10 @@ SCHEMA: Schema = {
     ),
     "identity": {
         "key": Setting(
-            _key_file, Path("server.key"), "The daemon's private key (mode 0600).", "server.key"
+            _key_file,
+            Path("server.key"),
+            "The daemon's private key; mode 0600 (any access for group or others is an error).",
+            "server.key",
         ),
         "cert": Setting(_cert_file, Path("server.crt"), "The daemon's certificate.", "server.crt"),
     },
@@ -311,7 +314,7 @@ SCHEMA: Schema = {
             _path,
             None,
             "Append logs to this file instead of stderr (needed with run --detach; "
-            "reopened on SIGHUP for logrotate).",
+            "reopened on SIGHUP for logrotate; created mode 0640).",
             "/var/log/radmind.log",
             commented=True,
         ),

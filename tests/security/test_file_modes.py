@@ -15,13 +15,15 @@ import shutil
 import signal
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import RADMIND, Daemon, base_config, run_cli, under_umask
+from support import RADMIND, client_entry, run_cli, under_umask
 
 from radmin.identity import ClientHome
+from radmin.log import LOG_FILE_MODE
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def mode(path: Path) -> int:
@@ -70,30 +72,25 @@ def test_known_hosts_recorded_under_umask_000_is_not_writable_by_others(daemon, 
     assert mode(client_home.known_hosts) == 0o644  # others adding a line = a trusted host
 
 
-@pytest.fixture
-def logging_daemon(tmp_path, server_identity) -> Iterator[Daemon]:
-    """A daemon started under umask 000 that logs to log.file `events.log`."""
-    (tmp_path / "uploads").mkdir()
-    config = base_config(server_identity, tmp_path)
-    config["log"] = {"level": "info", "format": "json", "file": "events.log"}
-    daemon = Daemon(tmp_path, config, umask=0)
-    try:
-        yield daemon.start()
-    finally:
-        daemon.stop()
-
-
 def test_log_file_is_created_0640_under_umask_000_and_so_is_its_reopened_successor(
-    logging_daemon,
+    daemon_factory,
 ):
-    log_file = logging_daemon.log_path
-    assert log_file.name == "events.log" and logging_daemon.events()  # the daemon wrote it
+    daemon = daemon_factory(umask=0, log={"level": "info", "format": "json", "file": "events.log"})
+    log_file = daemon.log_path
+    assert log_file.name == "events.log" and daemon.events()  # the daemon wrote it
     assert mode(log_file) == 0o640
 
     log_file.rename(log_file.with_name("events.log.1"))  # logrotate without `create`
-    logging_daemon.signal(signal.SIGHUP)
-    logging_daemon.wait_for_event(lambda e: e.get("event") == "reloaded")
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_event(lambda e: e.get("event") == "reloaded")
     assert mode(log_file) == 0o640
+
+
+def test_logrotate_snippet_creates_log_files_with_the_mode_radmind_uses():
+    snippet = (REPO / "packaging" / "logrotate" / "radmind").read_text()
+    (create,) = re.findall(r"^\s*create (\d+) (\S+) (\S+)$", snippet, re.MULTILINE)
+    assert int(create[0], 8) == LOG_FILE_MODE == 0o640
+    assert create[1:] == ("root", "adm")
 
 
 # -- private keys others can read are refused -----------------------------------------
@@ -120,13 +117,17 @@ def config(tmp_path, server_identity) -> Path:
     return path
 
 
-def key_mode_complaint(config: Path, key_mode: int) -> str:
-    key = config.parent / "server.key"
+def too_open(key: Path, key_mode: int) -> str:
+    """The complaint about a key others can access, as radmind and radmin-cli word it."""
     return (
-        f"{config}:{KEY_LINE}: identity.key: permissions {key_mode:04o} for {key} are too "
-        f"open: the private key must not be accessible by group or others; "
-        f"run: chmod 600 {key}"
+        f"permissions {key_mode:04o} for {key} are too open: the private key must not be "
+        f"accessible by group or others; run: chmod 600 {key}"
     )
+
+
+def key_mode_complaint(config: Path, key_mode: int) -> str:
+    """radmind's line for it: FILE:LINE: KEY: what is wrong."""
+    return f"{config}:{KEY_LINE}: identity.key: {too_open(config.parent / 'server.key', key_mode)}"
 
 
 @pytest.mark.parametrize("key_mode", [0o640, 0o604, 0o620], ids=oct)
@@ -154,14 +155,33 @@ def test_the_daemon_refuses_to_start_with_a_key_others_can_read(config):
     assert result.stderr.splitlines() == [key_mode_complaint(config, 0o644)]
 
 
+def test_a_reload_with_a_key_others_can_read_is_rejected_and_the_old_config_stays(
+    tmp_path, server_identity, daemon_factory, client_home
+):
+    identity = tmp_path / "identity"
+    identity.mkdir()
+    for name in ("server.key", "server.crt"):
+        shutil.copy(server_identity / name, identity / name)
+    daemon = daemon_factory(
+        {"ops": client_entry(client_home)},
+        identity={"key": str(identity / "server.key"), "cert": str(identity / "server.crt")},
+    )
+    os.chmod(identity / "server.key", 0o640)
+    daemon.signal(signal.SIGHUP)
+    rejected = daemon.wait_for_event(lambda e: e.get("event") == "reload_rejected")
+    (problem,) = rejected["problems"]
+    assert problem.endswith(f"identity.key: {too_open(identity / 'server.key', 0o640)}")
+    ping = run_cli(client_home, "ping", daemon.address)
+    assert ping.returncode == 0, ping.stderr
+
+
 def test_cli_refuses_an_identity_key_others_can_read_like_ssh(daemon, client_home):
     os.chmod(client_home.key, 0o644)
     refused = run_cli(client_home, "ping", daemon.address)
     assert refused.returncode == 255
     assert refused.stderr.decode() == (
-        f"radmin-cli: {daemon.address}: UNPROTECTED PRIVATE KEY FILE! permissions 0644 for "
-        f"{client_home.key} are too open: the private key must not be accessible by group "
-        f"or others; run: chmod 600 {client_home.key}\n"
+        f"radmin-cli: {daemon.address}: UNPROTECTED PRIVATE KEY FILE! "
+        f"{too_open(client_home.key, 0o644)}\n"
     )
 
     os.chmod(client_home.key, 0o600)
