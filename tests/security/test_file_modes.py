@@ -155,6 +155,19 @@ def test_the_daemon_refuses_to_start_with_a_key_others_can_read(config):
     assert result.stderr.splitlines() == [key_mode_complaint(config, 0o644)]
 
 
+def test_install_md_shows_what_check_says_of_an_init_config_with_a_key_others_can_read(
+    tmp_path,
+):
+    docs = (REPO / "docs" / "install.md").read_text()
+    (shown,) = re.findall(r"^/etc/radmin/radmind\.yaml:\d+: identity\.key: .*$", docs, re.M)
+    folder = tmp_path / "etc" / "radmin"
+    assert radmind("init", "--dir", str(folder)).returncode == 0
+    os.chmod(folder / "server.key", 0o640)
+    result = radmind("check", "-c", str(folder / "radmind.yaml"))
+    assert result.returncode == 1
+    assert result.stderr == shown.replace("/etc/radmin", str(folder)) + "\n"
+
+
 def test_a_reload_with_a_key_others_can_read_is_rejected_and_the_old_config_stays(
     tmp_path, server_identity, daemon_factory, client_home
 ):
