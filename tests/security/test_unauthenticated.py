@@ -183,29 +183,25 @@ def tlslite_settings() -> HandshakeSettings:
     return settings
 
 
-def tlslite_connection(target: Target, cert_pem: bytes, key_pem: bytes) -> TLSConnection:
-    """A tlslite-ng client that presents `cert_pem` and signs with `key_pem`, matching or
-    not, handshake done on its side."""
+def tlslite_handshake(conn: TLSConnection, cert_pem: bytes, key_pem: bytes) -> None:
+    """Present `cert_pem` and sign CertificateVerify with `key_pem`, matching or not; in
+    TLS 1.3 our side is done before the daemon has judged the certificate."""
     chain = X509CertChain()
     chain.parsePemList(cert_pem.decode())
     key = parsePEMKey(key_pem.decode(), private=True)
-    conn = TLSConnection(connect_tcp(target))
     conn.handshakeClientCert(chain, key, settings=tlslite_settings())
-    return conn
 
 
 def tlslite_client(target: Target, cert_pem: bytes, key_pem: bytes) -> Seen:
-    conn: TLSConnection | None = None
-    try:
-        conn = tlslite_connection(target, cert_pem, key_pem)
-        conn.write(HELLO_AND_REQUEST)
-        return Seen(conn.sock.getsockname()[1], *drain(conn.read))
-    except (TLSError, OSError) as exc:
-        assert conn is not None, f"tlslite-ng failed before the daemon answered: {exc!r}"
-        return Seen(conn.sock.getsockname()[1], b"", exc)
-    finally:
-        if conn is not None:
-            conn.sock.close()
+    with connect_tcp(target) as sock:
+        local_port = sock.getsockname()[1]
+        conn = TLSConnection(sock)
+        try:
+            tlslite_handshake(conn, cert_pem, key_pem)
+            conn.write(HELLO_AND_REQUEST)
+            return Seen(local_port, *drain(conn.read))
+        except (TLSError, OSError) as exc:
+            return Seen(local_port, b"", exc)
 
 
 # -- the attacks -----------------------------------------------------------------------
@@ -274,6 +270,13 @@ def the_servers_own_certificate(target: Target) -> Seen:
     return openssl_client(target, client_context(server / "server.key", server / "server.crt"))
 
 
+def listed_but_expired_certificate(target: Target) -> Seen:
+    expired = target.expired_listed
+    return openssl_client(
+        target, client_context(expired / "identity.key", expired / "identity.crt")
+    )
+
+
 def attacker_key() -> tuple[ed25519.Ed25519PrivateKey, bytes]:
     key = ed25519.Ed25519PrivateKey.generate()
     pem = key.private_bytes(
@@ -322,13 +325,19 @@ def tls_record_types(data: bytes) -> list[int]:
     return types
 
 
-def assert_refused_and_forgotten(target: Target, seen: Seen, reason: str) -> None:
-    """The daemon logged this peer's handshake failure with `reason` and nothing else
-    about it, still serves a listed client, and holds no more descriptors than before."""
+def attack_and_check_refusal(target: Target, attack: Callable[[Target], Seen], reason: str) -> Seen:
+    """Run `attack`; the daemon logged the peer's handshake failure with `reason` and
+    nothing else about it, still serves a listed client, and holds no more descriptors
+    than before any attack. Returns what the attacker saw."""
+    logged_before = len(target.daemon.events())
+    seen = attack(target)
     peer = f"127.0.0.1:{seen.local_port}"
-    failure = target.daemon.wait_for_event(
-        lambda e: e.get("peer") == peer and e.get("event") == "handshake_failed"
-    )
+
+    def about_peer() -> list[dict[str, Any]]:
+        return [e for e in target.daemon.events()[logged_before:] if e.get("peer") == peer]
+
+    (failure,) = wait_until(about_peer, timeout=5, what=f"the daemon's verdict on {peer}")
+    assert failure["event"] == "handshake_failed", failure
     assert reason in failure["reason"], failure
     assert failure["level"] == "warning"
     ping = run_cli(target.listed, "ping", target.daemon.address)
@@ -338,8 +347,9 @@ def assert_refused_and_forgotten(target: Target, seen: Seen, reason: str) -> Non
         timeout=5,
         what=f"the daemon's descriptors to return to {target.baseline_fds}",
     )
-    about_peer = [e["event"] for e in target.daemon.events() if e.get("peer") == peer]
-    assert about_peer == ["handshake_failed"]  # no hello, no request, no protocol error
+    # Nothing more about that peer: no hello, no request, no protocol error.
+    assert [e["event"] for e in about_peer()] == ["handshake_failed"]
+    return seen
 
 
 # -- the tests -------------------------------------------------------------------------
@@ -354,9 +364,8 @@ NOT_TLS = [
 
 @pytest.mark.parametrize(("attack", "reason"), NOT_TLS)
 def test_bytes_that_are_no_tls_handshake_get_at_most_a_tls_alert(target, attack, reason):
-    seen = attack(target)
+    seen = attack_and_check_refusal(target, attack, reason)
     assert set(tls_record_types(seen.received)) <= {TLS_ALERT}, seen.received
-    assert_refused_and_forgotten(target, seen, reason)
 
 
 NO_LISTED_IDENTITY = [
@@ -378,40 +387,34 @@ NO_LISTED_IDENTITY = [
 
 @pytest.mark.parametrize(("attack", "reason"), NO_LISTED_IDENTITY)
 def test_tls_clients_without_a_listed_identity_are_refused_before_any_frame(target, attack, reason):
-    seen = attack(target)
+    seen = attack_and_check_refusal(target, attack, reason)
     assert seen.received == b"", "the daemon answered an unauthenticated peer"
     assert seen.error is not None  # a TLS alert, never a quiet close or a HELLO
-    assert_refused_and_forgotten(target, seen, reason)
 
 
 def test_a_listed_certificate_that_has_expired_is_refused_and_logged_as_expired(target):
     """Listed or not, OpenSSL refuses an expired certificate; the log must not call a
     listed one "not listed" (radmin's own certificates never expire)."""
-    seen = openssl_client(
+    seen = attack_and_check_refusal(
         target,
-        client_context(
-            target.expired_listed / "identity.key", target.expired_listed / "identity.crt"
-        ),
+        listed_but_expired_certificate,
+        "client certificate refused: certificate has expired",
     )
     assert seen.received == b""
     assert isinstance(seen.error, ssl.SSLError)
-    assert_refused_and_forgotten(
-        target, seen, "client certificate refused: certificate has expired"
-    )
 
 
 def test_control_tlslite_with_the_listed_key_gets_a_hello(target):
     """The tlslite-ng attacks above are refused for their keys, not for tlslite-ng: with
     the listed client's own key the same code is authenticated and answered."""
-    conn = tlslite_connection(
-        target, target.listed.cert.read_bytes(), target.listed.key.read_bytes()
-    )
-    try:
+    with connect_tcp(target) as sock:
+        peer = f"127.0.0.1:{sock.getsockname()[1]}"
+        conn = TLSConnection(sock)
+        tlslite_handshake(conn, target.listed.cert.read_bytes(), target.listed.key.read_bytes())
         conn.write(HELLO_AND_REQUEST)
         frame_type, _ = parse_header(conn.read(max=HEADER.size, min=HEADER.size))
-    finally:
-        conn.sock.close()
     assert frame_type is FrameType.HELLO
-    target.daemon.wait_for_event(
-        lambda e: e.get("event") == "authenticated" and e.get("client") == "ops"
+    authenticated = target.daemon.wait_for_event(
+        lambda e: e.get("event") == "authenticated" and e.get("peer") == peer
     )
+    assert authenticated["client"] == "ops"
