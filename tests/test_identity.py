@@ -96,19 +96,6 @@ def test_init_creates_key_0600_cert_and_config_and_prints_the_fingerprint(tmp_pa
     assert printed_fingerprints(result.stdout) == [crypto_fingerprint(folder / "server.crt")]
 
 
-def test_init_key_is_0600_even_under_a_permissive_umask(tmp_path):
-    folder = tmp_path / "srv"
-    result = subprocess.run(
-        ["sh", "-c", 'umask 000 && exec "$0" init --dir "$1"', RADMIND, str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert mode(folder / "server.key") == 0o600
-    assert not mode(folder / "server.crt") & 0o022  # nobody else may replace the cert
-
-
 def test_init_writes_a_config_that_passes_check_and_names_the_same_server(tmp_path):
     folder = tmp_path / "srv"
     init = radmind("init", "--dir", str(folder))
