@@ -32,7 +32,7 @@ from radmin.errors import (
     TransportError,
 )
 from radmin.hosts import Target
-from radmin.identity import ClientHome, KnownHosts, fingerprint
+from radmin.identity import ClientHome, KnownHosts, fingerprint, key_mode_problem
 from radmin.protocol import HIGH_WATER, MAX_DATA, FrameSocket, FrameType
 
 # Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
@@ -91,12 +91,24 @@ class ClientOptions:
             if self._context is None:
                 from radmin.tls import client_context
 
-                if not self.home.key.exists() or not self.home.cert.exists():
-                    raise TransportError(
-                        f"no client identity in {self.home.path}: run 'radmin-cli keygen' first"
-                    )
+                self._check_identity_files()
                 self._context = client_context(self.home.key, self.home.cert)
             return self._context
+
+    def _check_identity_files(self) -> None:
+        """Both files exist and the key is owner-only, as ssh insists for its own keys:
+        a key others can read is as good as theirs. One stat of the key, on every start."""
+        try:
+            key_mode = os.stat(self.home.key).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            key_mode = None
+        if key_mode is None or not self.home.cert.exists():
+            raise TransportError(
+                f"no client identity in {self.home.path}: run 'radmin-cli keygen' first"
+            )
+        problem = key_mode_problem(self.home.key, key_mode)
+        if problem:
+            raise TransportError(f"UNPROTECTED PRIVATE KEY FILE! {problem}")
 
     def digest_cache(self):
         """SHA-256s of local files by (dev, inode, size, mtime, ctime): a re-upload of an

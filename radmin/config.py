@@ -26,7 +26,7 @@ import yaml
 from radmin import policy
 from radmin.errors import ConfigError
 from radmin.hosts import parse_host_port
-from radmin.identity import fingerprint, pem_to_der
+from radmin.identity import fingerprint, key_mode_problem, pem_to_der
 
 DEFAULT_CONFIG_PATH = "/etc/radmin/radmind.yaml"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -69,13 +69,18 @@ def _absolute_path(value: Any, ctx: _Context) -> Path:
 
 
 def _key_file(value: Any, ctx: _Context) -> Path:
+    """A readable PEM private key that only its owner can access (OpenSSH's rule)."""
     path = _path(value, ctx)
     try:
         data = path.read_bytes()
+        key_mode = path.stat().st_mode
     except OSError as exc:
         raise ValueError(f"cannot read key file {path}: {exc.strerror}") from None
     if b"PRIVATE KEY-----" not in data:
         raise ValueError(f"{path} does not hold a PEM private key")
+    problem = key_mode_problem(path, key_mode)
+    if problem:
+        raise ValueError(problem)
     return path
 
 
@@ -304,7 +309,10 @@ SCHEMA: Schema = {
     ),
     "identity": {
         "key": Setting(
-            _key_file, Path("server.key"), "The daemon's private key (mode 0600).", "server.key"
+            _key_file,
+            Path("server.key"),
+            "The daemon's private key; mode 0600 (any access for group or others is an error).",
+            "server.key",
         ),
         "cert": Setting(_cert_file, Path("server.crt"), "The daemon's certificate.", "server.crt"),
     },
@@ -366,7 +374,7 @@ SCHEMA: Schema = {
             _path,
             None,
             "Append logs to this file instead of stderr (needed with run --detach; "
-            "reopened on SIGHUP for logrotate).",
+            "reopened on SIGHUP for logrotate; created mode 0640).",
             "/var/log/radmind.log",
             commented=True,
         ),

@@ -12,13 +12,14 @@ import base64
 import hashlib
 import os
 import re
-import socket
 import threading
 from pathlib import Path
 
 from radmin.errors import HostKeyError, RadminError
 
 KEY_FILE_MODE = 0o600
+# A folder radmin creates for an identity (the client home): owner only, like ~/.ssh.
+IDENTITY_DIR_MODE = 0o700
 _PEM_CERT = re.compile(
     rb"-----BEGIN CERTIFICATE-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END CERTIFICATE-----"
 )
@@ -89,6 +90,21 @@ def cert_file_fingerprint(path: Path) -> str:
     return fingerprint(pem_to_der(path.read_bytes()))
 
 
+def key_mode_problem(path: Path, st_mode: int) -> str | None:
+    """Why a private key file's permissions are unsafe, or None if only its owner has any.
+
+    OpenSSH's rule: anyone who can read the key can impersonate its owner, so a key with
+    any permission bit for group or others is refused rather than used. Both radmind
+    (identity.key) and radmin-cli (the client home's identity.key) apply it.
+    """
+    if not st_mode & 0o077:
+        return None
+    return (
+        f"permissions {st_mode & 0o7777:04o} for {path} are too open: the private key must "
+        f"not be accessible by group or others; run: chmod 600 {path}"
+    )
+
+
 # -- creating identities --------------------------------------------------------------
 
 
@@ -117,9 +133,12 @@ def _write_file(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
 def create_identity(key_path: Path, cert_path: Path, role: str, force: bool = False) -> str:
     """Create an Ed25519 key and a self-signed certificate; return the fingerprint.
 
-    The subject carries the role, the host name and a random tag so every identity's
-    subject is unique. Validity runs to 9999-12-31 (RFC 5280's "no expiry"): trust is
-    by fingerprint, as with SSH keys, and an expiring certificate would lock admins out.
+    The subject is the role and a random 128-bit id: unique per identity, and it tells
+    nobody anything. The daemon shows its certificate to every peer before it knows who
+    they are, so a host or user name there would hand it to any port scanner; trust is
+    by fingerprint and needs no name. Validity runs to 9999-12-31 (RFC 5280's "no
+    expiry"): as with SSH keys, an expiring certificate would only lock admins out.
+    A folder created here (the client home) is owner-only, whatever the umask.
     """
     import datetime
 
@@ -132,14 +151,12 @@ def create_identity(key_path: Path, cert_path: Path, role: str, force: bool = Fa
         for path in (key_path, cert_path):
             if path.exists():
                 raise RadminError(f"{path} already exists; use --force to replace it")
-    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key_path.parent.mkdir(mode=IDENTITY_DIR_MODE, parents=True, exist_ok=True)
     key = ed25519.Ed25519PrivateKey.generate()
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "radmin"),
-            x509.NameAttribute(
-                NameOID.COMMON_NAME, f"{role} {socket.gethostname()} {os.urandom(6).hex()}"
-            ),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{role} {os.urandom(16).hex()}"),
         ]
     )
     usage = (
@@ -268,7 +285,7 @@ class KnownHosts:
                     f"host key for {host_port} is not in {self.path} and --strict-host-key "
                     f"is set (the daemon presented {presented})"
                 )
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=IDENTITY_DIR_MODE, parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             with os.fdopen(fd, "r+b") as f:
                 size = f.seek(0, os.SEEK_END)

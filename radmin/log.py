@@ -7,6 +7,7 @@ needs it).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -20,6 +21,16 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+# log.file is created owner read-write, group read (for log readers such as adm, as
+# logrotate's `create 0640 root adm` keeps it), never world-readable whatever the umask:
+# the log names clients, their peers and the commands they run.
+LOG_FILE_MODE = 0o640
+
+
+def _open_log_file(path: Path) -> TextIO:
+    """Append to `path`, creating it with LOG_FILE_MODE (an existing file keeps its mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
+    return os.fdopen(fd, "a", buffering=1, encoding="utf-8")
 
 
 class _Destination:
@@ -36,7 +47,7 @@ class _Destination:
         self._lock = threading.Lock()
 
     def switch(self, stream: TextIO | None, log_file: Path | None) -> None:
-        new_owned = open(log_file, "a", buffering=1, encoding="utf-8") if log_file else None  # noqa: SIM115
+        new_owned = _open_log_file(log_file) if log_file else None
         with self._lock:
             old_owned, self._owned = self._owned, new_owned
             self.target = new_owned or stream or sys.stderr

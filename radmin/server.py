@@ -405,11 +405,45 @@ def _linger_close(sock: socket.socket, seconds: float = 0.25) -> None:
         sock.close()
 
 
+# OpenSSL's verify results that mean "no listed certificate vouches for this one": the
+# listed certificates are the only trust anchors, so an unlisted one is self-signed with
+# no anchor, or names an issuer nobody listed. Other results (an expired certificate,
+# even a listed one) are worded as OpenSSL words them.
+_NOT_LISTED = frozenset(
+    {
+        2,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+        18,  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+        19,  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+        20,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+        21,  # X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+    }
+)
+
+# OpenSSL's reason codes for what unauthenticated peers most often do, in an admin's
+# words; the code stays in the message for searching.
+_TLS_REASONS = {
+    "WRONG_VERSION_NUMBER": "not TLS: the first bytes are not a TLS record",
+    "HTTP_REQUEST": "not TLS: an HTTP request",
+    "UNSUPPORTED_PROTOCOL": "the client does not offer TLS 1.3",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client sent no certificate",
+    "BAD_SIGNATURE": "the client does not hold the private key of the certificate it sent",
+    "UNEXPECTED_EOF_WHILE_READING": "the client hung up during the handshake",
+}
+
+
 def _handshake_reason(exc: BaseException) -> str:
+    """Why a handshake failed, for the `handshake_failed` event.
+
+    Only what OpenSSL tells: after a failed handshake Python's ssl cannot show the
+    certificate the peer offered, so no fingerprint is logged here.
+    """
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"client certificate not listed in clients: ({exc.verify_message})"
+        if exc.verify_code in _NOT_LISTED:
+            return f"client certificate not listed in clients: ({exc.verify_message})"
+        return f"client certificate refused: {exc.verify_message}"
     if isinstance(exc, TimeoutError):
         return "handshake timed out"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc.reason or exc}"
+        words = _TLS_REASONS.get(exc.reason or "")
+        return f"{words} ({exc.reason})" if words else f"TLS error: {exc.reason or exc}"
     return f"{type(exc).__name__}: {exc}"

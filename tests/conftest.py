@@ -28,13 +28,15 @@ def client_home(tmp_path) -> ClientHome:
 def daemon_factory(tmp_path, server_identity) -> Iterator:
     started: list[Daemon] = []
 
-    def make(clients: dict[str, Any] | None = None, **overrides: Any) -> Daemon:
+    def make(
+        clients: dict[str, Any] | None = None, umask: int | None = None, **overrides: Any
+    ) -> Daemon:
         folder = tmp_path / f"daemon{len(started)}"
         folder.mkdir()
         (folder / "uploads").mkdir()
         config = base_config(server_identity, folder, **overrides)
         config["clients"] = clients or {}
-        daemon = Daemon(folder, config)
+        daemon = Daemon(folder, config, umask=umask)
         started.append(daemon)
         return daemon.start()
 

@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,23 @@ RADMIND = str(BIN / "radmind")
 RADMIN_CLI = str(BIN / "radmin-cli")
 
 
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `predicate` until it returns something truthy; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def under_umask(mask: int, argv: list[str]) -> list[str]:
+    """`argv` started by sh under this umask, as a careless init script or cron job would;
+    sh execs it, so the pid is the program's own."""
+    return ["sh", "-c", f'umask {mask:03o} && exec "$@"', "sh", *argv]
+
+
 def make_client_home(path: Path) -> ClientHome:
     home = ClientHome(path)
     create_identity(home.key, home.cert, "radmin-cli")
@@ -38,7 +56,13 @@ def make_client_home(path: Path) -> ClientHome:
 class Daemon:
     """A running radmind subprocess and the files around it."""
 
-    def __init__(self, folder: Path, config: dict[str, Any], env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        config: dict[str, Any],
+        env: dict[str, str] | None = None,
+        umask: int | None = None,
+    ):
         self.folder = folder
         self.config_path = folder / "radmind.yaml"
         self.stderr_path = folder / "radmind.log"  # the daemon's stdout and stderr
@@ -46,6 +70,7 @@ class Daemon:
         self.log_path = folder / log_file if log_file else self.stderr_path  # JSON events
         self.config = config
         self.env = env  # None: the test runner's environment
+        self.umask = umask  # None: the test runner's umask
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.ports: list[int] = []
@@ -58,9 +83,12 @@ class Daemon:
     def start(self, timeout: float = 10.0) -> Daemon:
         self.write_config()
         self.stderr_path.write_text("")
+        argv = [RADMIND, "run", "-c", str(self.config_path)]
+        if self.umask is not None:
+            argv = under_umask(self.umask, argv)
         with open(self.stderr_path, "ab") as output:
             self.proc = subprocess.Popen(
-                [RADMIND, "run", "-c", str(self.config_path)],
+                argv,
                 stdout=output,
                 stderr=output,
                 stdin=subprocess.DEVNULL,
@@ -154,14 +182,16 @@ def run_cli(
     input: bytes | None = None,
     timeout: float = 60,
     env: dict[str, str] | None = None,
+    umask: int | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run the real radmin-cli; stdin is empty unless `input` is given."""
+    argv = [RADMIN_CLI, *args]
     full_env = {k: v for k, v in os.environ.items() if k not in ("RADMIN_HOME", "RADMIN_CONFIG")}
     if home is not None:
         full_env["RADMIN_HOME"] = str(home.path if isinstance(home, ClientHome) else home)
     full_env.update(env or {})
     return subprocess.run(
-        [RADMIN_CLI, *args],
+        argv if umask is None else under_umask(umask, argv),
         input=input if input is not None else b"",
         capture_output=True,
         timeout=timeout,

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import base64
 import datetime
+import getpass
 import hashlib
 import os
 import random
 import re
+import shutil
+import socket
 import stat
 import subprocess
 import threading
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -35,6 +39,7 @@ from radmin.identity import (
     spki_der,
 )
 
+REPO = Path(__file__).resolve().parent.parent
 FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}(?![A-Za-z0-9+/=])")
 
 
@@ -89,19 +94,6 @@ def test_init_creates_key_0600_cert_and_config_and_prints_the_fingerprint(tmp_pa
     assert (folder / "server.crt").read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
     assert (folder / "radmind.yaml").is_file()
     assert printed_fingerprints(result.stdout) == [crypto_fingerprint(folder / "server.crt")]
-
-
-def test_init_key_is_0600_even_under_a_permissive_umask(tmp_path):
-    folder = tmp_path / "srv"
-    result = subprocess.run(
-        ["sh", "-c", 'umask 000 && exec "$0" init --dir "$1"', RADMIND, str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert mode(folder / "server.key") == 0o600
-    assert not mode(folder / "server.crt") & 0o022  # nobody else may replace the cert
 
 
 def test_init_writes_a_config_that_passes_check_and_names_the_same_server(tmp_path):
@@ -222,28 +214,108 @@ def authorization_block(keygen_output: str) -> str:
     return "\n".join(lines[start : end + 1]) + "\n"
 
 
-def test_keygen_block_pasted_under_clients_passes_check(tmp_path, server_identity):
-    home = ClientHome(tmp_path / "home")
-    result = run_cli(home, "keygen")
-    assert result.returncode == 0, result.stderr
-    block = authorization_block(result.stdout.decode())
-
-    config = tmp_path / "radmind.yaml"
+def config_with_clients(folder: Path, server_identity: Path, clients_block: str) -> Path:
+    """A radmind.yaml in `folder` whose clients: section is `clients_block` as pasted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "radmind.yaml"
     config.write_text(
         'listen: ["127.0.0.1:7420"]\n'
         "identity:\n"
         f"  key: {server_identity / 'server.key'}\n"
         f"  cert: {server_identity / 'server.crt'}\n"
-        "clients:\n" + block + "put:\n  default_dir: /var/tmp/radmin\n"
+        "clients:\n" + clients_block + "put:\n  default_dir: /var/tmp/radmin\n"
     )
+    return config
+
+
+def assert_check_ok(config: Path) -> None:
     check = radmind("check", "-c", str(config))
     assert (check.returncode, check.stdout) == (0, "ok\n"), check.stderr + config.read_text()
+
+
+def keygen(home: ClientHome) -> str:
+    result = run_cli(home, "keygen")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode()
+
+
+def test_keygen_block_pasted_under_clients_passes_check(tmp_path, server_identity):
+    home = ClientHome(tmp_path / "home")
+    block = authorization_block(keygen(home))
+    config = config_with_clients(tmp_path / "etc", server_identity, block)
+    assert_check_ok(config)
 
     # ...and the client it authorizes is this one, under the name the block gives it.
     (policy,) = load_config(config).clients.values()
     assert policy.fingerprint == crypto_fingerprint(home.cert)
     assert block.startswith(f"  {policy.name}:")
-    assert policy.allow_exec or policy.allow_put
+
+
+def test_keygen_block_with_the_cert_path_it_names_passes_check(tmp_path, server_identity):
+    home = ClientHome(tmp_path / "home")
+    output = keygen(home)
+    named = re.search(r"^Or copy (\S+) to the daemon host and write\s+cert: (\S+)$", output, re.M)
+    assert named, output
+    assert Path(named[1]) == home.cert
+    etc = tmp_path / "etc"
+    (etc / named[2]).parent.mkdir(parents=True)
+    shutil.copy(home.cert, etc / named[2])  # the admin copies identity.crt over
+
+    lines = authorization_block(output).splitlines()
+    by_path = [lines[0], f"    cert: {named[2]}", *lines[lines.index("    allow:") :]]
+    config = config_with_clients(etc, server_identity, "\n".join(by_path) + "\n")
+    assert_check_ok(config)
+    (policy,) = load_config(config).clients.values()
+    assert policy.fingerprint == crypto_fingerprint(home.cert)
+
+
+def allow_rules(block: str) -> dict:
+    (entry,) = yaml.safe_load(block).values()
+    return entry["allow"]
+
+
+def test_keygen_block_suggests_least_privilege_and_says_what_star_would_mean(tmp_path):
+    block = authorization_block(keygen(ClientHome(tmp_path / "home")))
+    allow = allow_rules(block)
+    assert allow["exec"] and "*" not in allow["exec"]  # something useful, not everything
+    assert allow["put"] and not any(p in ("/**", "/*") for p in allow["put"])
+    comments = " ".join(
+        ln.strip().lstrip("# ") for ln in block.splitlines() if ln.strip().startswith("#")
+    )
+    assert '"*" would allow any shell command, run as run_as' in comments
+
+
+def test_keygen_block_grants_what_it_lists_and_nothing_else(tmp_path, daemon_factory):
+    """Pasted as printed into a running daemon's config: the listed command runs, an
+    unlisted one is refused (exit 126)."""
+    home = ClientHome(tmp_path / "home")
+    block = authorization_block(keygen(home))
+    assert "uptime" in allow_rules(block)["exec"]
+    daemon = daemon_factory(yaml.safe_load(block))
+    allowed = run_cli(home, "exec", daemon.address, "uptime")
+    assert allowed.returncode == 0, allowed.stderr
+    refused = run_cli(home, "exec", daemon.address, "id")
+    assert refused.returncode == 126, refused.stderr
+
+
+def install_md_authorization(readme: str) -> str:
+    """The clients: example in docs/install.md, section 2."""
+    section = readme[readme.index("## 2. Authorize a client") :]
+    return re.search(r"```yaml\nclients:\n(.*?)```", section, re.S).group(1)
+
+
+def test_install_md_shows_the_allow_rules_keygen_prints_and_its_example_passes_check(
+    tmp_path, server_identity
+):
+    docs = install_md_authorization((REPO / "docs" / "install.md").read_text())
+    printed = authorization_block(keygen(ClientHome(tmp_path / "home")))
+    assert docs[docs.index("    allow:") :] == printed[printed.index("    allow:") :]
+
+    etc = tmp_path / "etc"
+    cert_path = re.search(r"cert: (\S+)", docs).group(1)
+    (etc / cert_path).parent.mkdir(parents=True)
+    shutil.copy(ClientHome(tmp_path / "home").cert, etc / cert_path)
+    assert_check_ok(config_with_clients(etc, server_identity, docs))
 
 
 def test_keygen_refuses_to_overwrite_without_force(tmp_path):
@@ -271,10 +343,38 @@ def test_keygen_force_replaces_the_identity(tmp_path):
     assert mode(home.key) == 0o600
 
 
-def test_each_identity_has_a_unique_subject(tmp_path):
-    a, b = make_client_home(tmp_path / "a"), make_client_home(tmp_path / "b")
-    subject = [x509.load_pem_x509_certificate(h.cert.read_bytes()).subject for h in (a, b)]
-    assert subject[0] != subject[1]
+def test_certificates_name_neither_host_nor_user_and_each_subject_is_unique(tmp_path):
+    """The daemon shows its certificate to anyone who connects: it must not tell them the
+    host name (nor the user's). Trust is by fingerprint; the subject is only unique."""
+    certs = []
+    for n in (1, 2):
+        init = radmind("init", "--dir", str(tmp_path / f"server{n}"))
+        assert init.returncode == 0, init.stderr
+        certs.append(tmp_path / f"server{n}" / "server.crt")
+        home = ClientHome(tmp_path / f"client{n}")
+        keygen(home)
+        certs.append(home.cert)
+    host = socket.gethostname()
+    secrets = {host, host.split(".")[0], getpass.getuser()}
+    subjects = []
+    for path in certs:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        for name in (cert.subject, cert.issuer):
+            words = {word for attribute in name for word in str(attribute.value).split()}
+            assert not words & secrets, (path, name.rfc4514_string())
+        assert not alternative_names(cert) & secrets
+        (common_name,) = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        assert re.fullmatch(r"(radmind|radmin-cli) [0-9a-f]{32}", common_name.value)
+        subjects.append(cert.subject)
+    assert len(set(subjects)) == len(certs)
+
+
+def alternative_names(cert: x509.Certificate) -> set[str]:
+    try:
+        extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(getattr(name, "value", name)) for name in extension.value}
 
 
 def test_identity_is_ed25519_self_signed(tmp_path):

@@ -156,6 +156,17 @@ def _error(message: str) -> None:
     _line(sys.stderr, f"radmin-cli: {message}")
 
 
+# The allow: rules keygen suggests: least privilege, so that pasting them as they are
+# grants a few harmless things, never everything. docs/install.md shows the same lines.
+ALLOW_EXAMPLE = """\
+    allow:
+      # Least privilege: list only what this client needs. "*" would allow any shell
+      # command, run as run_as (without run_as: as the daemon's user, usually root).
+      exec: ["uptime", "systemctl status *"]
+      put: ["/var/tmp/radmin/**"]
+"""
+
+
 def _keygen(args: argparse.Namespace, home) -> int:
     import getpass
     import socket
@@ -179,9 +190,7 @@ def _keygen(args: argparse.Namespace, home) -> int:
     print(f"  {name}:")
     print("    cert: |")
     print(f"        {pem}")
-    print("    allow:")
-    print('      exec: ["*"]')
-    print('      put: ["/tmp/**"]')
+    print(ALLOW_EXAMPLE, end="")
     print()
     print(f"Or copy {home.cert} to the daemon host and write  cert: clients/{name}.crt")
     return EXIT_OK

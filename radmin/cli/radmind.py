@@ -65,18 +65,38 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+# What `init` creates, whatever the umask: a folder others may enter but not change (like
+# /etc/ssh), and a config others may not read (it names clients and what they may do).
+# The key is 0600 (radmin.identity).
+INIT_DIR_MODE = 0o755
+CONFIG_FILE_MODE = 0o640
+
+
 def _init(folder: Path, force: bool) -> int:
     from radmin.identity import create_identity
 
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=INIT_DIR_MODE, parents=True, exist_ok=True)
     server_fp = create_identity(folder / "server.key", folder / "server.crt", "radmind", force)
     config = folder / "radmind.yaml"
-    if not config.exists():
-        config.write_text(example_yaml(client_example=False))
+    if _create_file(config, example_yaml(client_example=False), CONFIG_FILE_MODE):
         print(f"wrote {config}")
     print(f"wrote {folder / 'server.key'} and {folder / 'server.crt'}")
     print(f"server fingerprint: {server_fp}")
     return 0
+
+
+def _create_file(path: Path, text: str, mode: int) -> bool:
+    """Create `path` with at most `mode`; False if it exists (an admin's file is never
+    overwritten, and O_EXCL leaves no window between checking and creating)."""
+    import os
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return True
 
 
 def _run(path: Path, detach: bool, pidfile: str | None) -> int:
