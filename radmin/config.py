@@ -256,8 +256,9 @@ CLIENT_SCHEMA: Schema = {
         "exec": Setting(
             _exec_patterns,
             (),
-            'Command patterns the client may run; "*" = any shell command; [] = none.',
-            '["*"]',
+            "Command patterns, matched on argv (docs/policy.md); \"*\" = any shell command "
+            "as run_as; [] = none.",
+            '["uptime", "systemctl status *"]',
         ),
         "put": Setting(
             _path_patterns,

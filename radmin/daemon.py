@@ -47,6 +47,13 @@ class Daemon:
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.fingerprint = cert_file_fingerprint(config.cert)
         self._recover_uploads(config)
+        self._log_warnings(config)
+
+    def _log_warnings(self, config: Config) -> None:
+        """What `radmind check` warns about, in the log too: nobody runs check by hand
+        before every start."""
+        for warning in config.warnings:
+            self.log.warning("config_warning", message=warning)
 
     def _recover_uploads(self, config: Config) -> None:
         """Delete temporary files of uploads a previous run did not finish (kill -9)."""
@@ -181,6 +188,7 @@ class Daemon:
             clients=sorted(c.name for c in config.clients.values()),
             addresses=self.bound_addresses(),
         )
+        self._log_warnings(config)
         self.notifier.ready(self._status())
 
     def _reload_rejected(self, path, problems: list[str]) -> None:

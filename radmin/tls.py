@@ -15,6 +15,8 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+_NO_CHECK_TIME = 0x200000  # X509_V_FLAG_NO_CHECK_TIME; Python's ssl has no name for it
+
 
 def _tls13_only(ctx: ssl.SSLContext) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -27,6 +29,10 @@ def server_context(key: Path, cert: Path, client_certs_pem: list[str]) -> ssl.SS
     ctx = _tls13_only(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     ctx.load_cert_chain(cert, key)
     ctx.verify_mode = ssl.CERT_REQUIRED
+    # Trust is the pinned certificate itself, not a validity period: a listed client
+    # whose certificate has passed its date is still that client (OpenSSH's pinned keys
+    # do not expire either). `radmind check` warns about such certificates.
+    ctx.verify_flags |= _NO_CHECK_TIME
     if client_certs_pem:
         ctx.load_verify_locations(cadata="\n".join(client_certs_pem))
     # No session tickets: clients do not resume, and the tickets would be one more

@@ -31,7 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     run = with_config(commands.add_parser("run", help="run the daemon (the default)"))
     run.add_argument("--detach", action="store_true", help="detach as a classic daemon")
     run.add_argument("--pidfile", metavar="PATH", help="pidfile to write when detached")
-    with_config(commands.add_parser("check", help="validate the config and exit"))
+    check = with_config(commands.add_parser("check", help="validate the config and exit"))
+    check.add_argument(
+        "--explain",
+        metavar="CLIENT",
+        help="say what CLIENT may do; with -- COMMAND... or --path PATH, whether it may",
+    )
+    check.add_argument("--path", metavar="PATH", help="with --explain: put/get/cwd verdicts")
+    check.add_argument("words", nargs="*", metavar="COMMAND", help=argparse.SUPPRESS)
     init = commands.add_parser("init", help="create the server key, certificate and config")
     init.add_argument("--dir", required=True, metavar="DIR", help="folder to create them in")
     init.add_argument("--force", action="store_true", help="replace an existing key")
@@ -47,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             return _init(Path(args.dir), args.force)
         path = config_path(getattr(args, "config", None))
         if command == "check":
-            load_config(path)
-            print("ok")
-            return 0
+            return _check(path, args)
         if command == "fingerprint":
             from radmin.identity import cert_file_fingerprint
 
@@ -63,6 +68,35 @@ def main(argv: list[str] | None = None) -> int:
     except RadminError as exc:
         print(f"radmind: {exc}", file=sys.stderr)
         return 1
+
+
+def _check(path: Path, args: argparse.Namespace) -> int:
+    """`ok` on stdout (warnings on stderr), or the verdicts of --explain."""
+    config = load_config(path)
+    for warning in config.warnings:
+        print(warning, file=sys.stderr)
+    if args.explain is None:
+        if args.words or args.path:
+            raise RadminError("COMMAND and --path need --explain CLIENT")
+        print("ok")
+        return 0
+    from radmin import explain
+
+    client = config.client_named(args.explain)
+    if client is None:
+        raise RadminError(f"no client named {args.explain!r} in {config.path}")
+    if args.words and args.path:
+        raise RadminError("give either -- COMMAND... or --path PATH, not both")
+    if args.words:
+        allowed, line = explain.explain_command(client, args.words)
+        print(line)
+        return 0 if allowed else 1
+    if args.path:
+        allowed, lines = explain.explain_path(client, args.path)
+        print("\n".join(lines))
+        return 0 if allowed else 1
+    print("\n".join(explain.describe(client)))
+    return 0
 
 
 # What `init` creates, whatever the umask: a folder others may enter but not change (like

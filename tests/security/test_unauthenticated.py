@@ -19,6 +19,7 @@ import datetime
 import os
 import random
 import socket
+import subprocess
 import ssl
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
-from support import Daemon, base_config, client_entry, make_client_home, run_cli, wait_until
+from support import RADMIND, Daemon, base_config, client_entry, make_client_home, run_cli, wait_until
 
 from radmin.identity import ClientHome
 from radmin.protocol import HEADER, FrameType, encode_json, parse_header
@@ -392,16 +393,18 @@ def test_tls_clients_without_a_listed_identity_are_refused_before_any_frame(targ
     assert seen.error is not None  # a TLS alert, never a quiet close or a HELLO
 
 
-def test_a_listed_certificate_that_has_expired_is_refused_and_logged_as_expired(target):
-    """Listed or not, OpenSSL refuses an expired certificate; the log must not call a
-    listed one "not listed" (radmin's own certificates never expire)."""
-    seen = attack_and_check_refusal(
-        target,
-        listed_but_expired_certificate,
-        "client certificate refused: certificate has expired",
+def test_a_listed_certificate_that_has_expired_is_accepted_and_check_warns(target):
+    """Trust is the pinned certificate, not its dates (issue: least privilege, check):
+    a listed client whose certificate expired is still that client; `check` says so."""
+    expired = ClientHome(target.expired_listed)
+    ping = run_cli(expired, "ping", target.daemon.address)
+    assert ping.returncode == 0, ping.stderr
+    assert b"as old" in ping.stdout or b"old" in ping.stdout
+    check = subprocess.run(
+        [RADMIND, "check", "-c", str(target.daemon.config_path)], capture_output=True
     )
-    assert seen.received == b""
-    assert isinstance(seen.error, ssl.SSLError)
+    assert check.returncode == 0 and check.stdout == b"ok\n"
+    assert b"clients.old.cert: warning: certificate expired on" in check.stderr
 
 
 def test_control_tlslite_with_the_listed_key_gets_a_hello(target):
