@@ -623,7 +623,9 @@ def _warn_about_client(name: str, entry: dict[str, Any], pem: str, walker: _Walk
         for pattern in allow[key]:
             for message in policy.path_pattern_warnings(pattern):
                 walker.warn(f"{prefix}.allow.{key}", message)
-    if entry["run_as"] and policy.is_unrestricted(allow["exec"]):
+    # run_as: root with "*" is the plain admin; a non-root run_as with "*" is usually
+    # meant as a restriction, and it is only as strong as that user's own rights.
+    if entry["run_as"] not in (None, "root") and policy.is_unrestricted(allow["exec"]):
         walker.warn(
             f"{prefix}.run_as",
             f'allow.exec has "*": client {name!r} is as powerful as user {entry["run_as"]!r}',

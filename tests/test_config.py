@@ -260,6 +260,42 @@ BAD_VALUES = {
         "put.default_dir",
         ("var/tmp/radmin",),
     ),
+    "relative_put_pattern": (
+        ('put: ["/srv/**", "/tmp/**"]', 'put: ["srv/**"]'),
+        "srv/**",
+        "clients.ops.allow.put",
+        ("absolute",),
+    ),
+    "relative_program_path": (
+        ('exec: ["*"]', 'exec: ["./deploy.sh"]'),
+        "deploy.sh",
+        "clients.ops.allow.exec",
+        ("bare name or an absolute path",),
+    ),
+    "wildcard_program": (
+        ('exec: ["*"]', 'exec: ["system* status"]'),
+        "system*",
+        "clients.ops.allow.exec",
+        ("literal",),
+    ),
+    "env_name_with_newline": (
+        ('put: ["/srv/**", "/tmp/**"]', 'put: []\n      env: ["FOO\\n"]'),
+        "env:",
+        "clients.ops.allow.env",
+        ("not a valid environment variable name",),
+    ),
+    "env_unsafe_not_a_boolean": (
+        ('put: ["/srv/**", "/tmp/**"]', 'put: []\n      env_unsafe: "yes"'),
+        "env_unsafe",
+        "clients.ops.allow.env_unsafe",
+        ("true or false",),
+    ),
+    "shell_not_a_boolean": (
+        ('put: ["/srv/**", "/tmp/**"]', 'put: []\n      shell: 1'),
+        "shell:",
+        "clients.ops.allow.shell",
+        ("true or false",),
+    ),
     "a_duplicate_key": (
         ("  level: info\n", "  level: info\n  level: debug\n"),
         "level: debug",

@@ -19,8 +19,8 @@ import datetime
 import os
 import random
 import socket
-import subprocess
 import ssl
+import subprocess
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,7 +32,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
-from support import RADMIND, Daemon, base_config, client_entry, make_client_home, run_cli, wait_until
+from support import (
+    RADMIND,
+    Daemon,
+    base_config,
+    client_entry,
+    make_client_home,
+    run_cli,
+    wait_until,
+)
 
 from radmin.identity import ClientHome
 from radmin.protocol import HEADER, FrameType, encode_json, parse_header
