@@ -7,6 +7,8 @@ daemon enforcing the same verdicts.
 from __future__ import annotations
 
 import datetime
+import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -152,6 +154,33 @@ def test_check_warns_about_a_certificate_past_its_date(config):
     result = check(config)
     assert result.returncode == 0 and result.stdout == "ok\n"
     assert "clients.web.cert: warning: certificate expired on" in result.stderr
+
+
+def _console_examples(text: str) -> list[tuple[str, str]]:
+    """(command line, expected output) for each `$ ` line of the ```console blocks."""
+    examples: list[tuple[str, str]] = []
+    for block in re.findall(r"```console\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                examples.append((line[2:], ""))
+            else:
+                command, output = examples[-1]
+                examples[-1] = (command, output + line + "\n")
+    return examples
+
+
+def test_the_examples_in_docs_policy_md_say_what_radmind_says(config):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "policy.md").read_text()
+    example_clients = re.search(r"```yaml\n(clients:.*?)```", doc, flags=re.S)
+    assert example_clients, "docs/policy.md lost its example config"
+    assert example_clients.group(1) in CONFIG  # the doc shows the config tested here
+    examples = _console_examples(doc)
+    assert len(examples) >= 5
+    for command_line, expected in examples:
+        words = shlex.split(command_line)
+        assert words[:4] == ["radmind", "check", "-c", "radmind.yaml"], command_line
+        result = check(config, *words[4:])
+        assert result.stdout == expected, command_line
 
 
 def test_command_or_path_without_explain_is_an_error(config):
