@@ -357,6 +357,32 @@ SCHEMA: Schema = {
             "Seconds in-flight requests get to finish after SIGTERM.",
             "30",
         ),
+        "upload_stall_timeout": Setting(
+            _positive(float),
+            60.0,
+            "Seconds an upload may send nothing before it is ended and its space released.",
+            "60",
+        ),
+        "per_client": {
+            "max_connections": Setting(
+                _positive(int),
+                128,
+                "Connections one client may hold at once (more are refused at hello).",
+                "128",
+            ),
+            "max_processes": Setting(
+                _positive(int),
+                64,
+                "Commands one client may have running at once (more: exec exits 126).",
+                "64",
+            ),
+            "max_uploads": Setting(
+                _positive(int),
+                16,
+                "Uploads one client may have in progress at once (more: put exits 1).",
+                "16",
+            ),
+        },
     },
     "log": {
         "level": Setting(
@@ -407,6 +433,13 @@ class ClientPolicy:
 
 
 @dataclass(frozen=True)
+class PerClientLimits:
+    max_connections: int
+    max_processes: int
+    max_uploads: int
+
+
+@dataclass(frozen=True)
 class Limits:
     max_connections: int
     handshake_timeout: float
@@ -414,6 +447,8 @@ class Limits:
     exec_timeout: float
     max_put_size: int
     shutdown_grace: float
+    upload_stall_timeout: float
+    per_client: PerClientLimits
 
 
 @dataclass(frozen=True)
@@ -564,7 +599,9 @@ def load_config(path: Path) -> Config:
         cert=values["identity"]["cert"],
         put_default_dir=values["put"]["default_dir"],
         state_dir=values["state_dir"],
-        limits=Limits(**values["limits"]),
+        limits=Limits(
+            **{**values["limits"], "per_client": PerClientLimits(**values["limits"]["per_client"])}
+        ),
         log=LogSettings(**values["log"]),
         clients=MappingProxyType(clients),
         warnings=tuple(walker.warnings),

@@ -13,6 +13,7 @@ from typing import Any
 
 from radmin.config import ClientPolicy, Config
 from radmin.protocol import FrameSocket
+from radmin.usage import Usage
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Request:
     # What the audit event for this request says about it (argv, path, rule, run_as),
     # filled in as it becomes known, so a refusal is logged with what was attempted.
     audit: dict[str, Any] = field(default_factory=dict)
+    # What every client holds right now (per-client limits), shared by all sessions.
+    usage: Usage = field(default_factory=Usage)
 
 
 @dataclass(frozen=True)

@@ -215,17 +215,21 @@ def run(request: Request) -> Outcome:
     executable = resolve_program(plan)
     if executable is None:
         return _not_found(request, plan.argv[0])
-    proc = _spawn(plan, executable, command_env(user, params.env), user, cwd)
-    pump = ProcessPump(request.conn, proc, params.timeout, config.limits.idle_timeout)
-    try:
-        request.conn.send_json(FrameType.PROCEED, {"pid": proc.pid, "stdin_window": STDIN_WINDOW})
-        pump.run()
-    except BaseException as exc:
-        pump.terminate_group()
-        if isinstance(exc, ConnectionClosed | OSError):
-            request.audit.update(pump.summary())
-            raise ConnectionClosed(f"client went away during exec: {exc}") from None
-        raise
+    limit = config.limits.per_client.max_processes
+    with request.usage.hold(client.name, "processes", limit):
+        proc = _spawn(plan, executable, command_env(user, params.env), user, cwd)
+        pump = ProcessPump(request.conn, proc, params.timeout, config.limits.idle_timeout)
+        try:
+            request.conn.send_json(
+                FrameType.PROCEED, {"pid": proc.pid, "stdin_window": STDIN_WINDOW}
+            )
+            pump.run()
+        except BaseException as exc:
+            pump.terminate_group()
+            if isinstance(exc, ConnectionClosed | OSError):
+                request.audit.update(pump.summary())
+                raise ConnectionClosed(f"client went away during exec: {exc}") from None
+            raise
     summary = pump.summary()
     return Outcome(
         reply={

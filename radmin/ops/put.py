@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import grp
 import hashlib
 import os
@@ -199,11 +200,13 @@ def run(request: Request) -> Outcome:
     user = target_user(request.client.run_as)
     request.audit["run_as"] = user.pw_name
     check_requested_metadata(params, user)
-    access = userfiles.access_as(user)
-    try:
-        return _put_into(request, params, user, access)
-    finally:
-        access.close()
+    limit = request.config.limits.per_client.max_uploads
+    with request.usage.hold(request.client.name, "uploads", limit):
+        access = userfiles.access_as(user)
+        try:
+            return _put_into(request, params, user, access)
+        finally:
+            access.close()
 
 
 def _put_into(
@@ -302,9 +305,9 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
-def receive_digest(request: Request) -> str:
+def receive_digest(request: Request, timeout: float | None = None) -> str:
     """Read the client's DIGEST frame (a CANCEL ends the request)."""
-    request.conn.sock.settimeout(request.config.limits.idle_timeout)
+    request.conn.sock.settimeout(timeout or request.config.limits.idle_timeout)
     frame = request.conn.recv_frame()
     if frame.type is FrameType.CANCEL:
         raise TransferFailed("cancelled by the client")
@@ -361,7 +364,9 @@ class Upload:
         self.folder = folder  # resolved, and open in `access`
         self.name = posixpath.basename(params.path)
         self.state_dir = request.config.state_dir
-        self.idle_timeout = request.config.limits.idle_timeout
+        # Once data flows, a pause is a stall: ended well before idle_timeout, so a
+        # client cannot hold disk space (and an upload slot) by going quiet.
+        self.stall_timeout = request.config.limits.upload_stall_timeout
         self.received = 0
         self.proceeded = False  # PROCEED sent: the client streams FILE_DATA from now on
         self.sha256 = params.sha256  # known at the end at the latest
@@ -386,6 +391,7 @@ class Upload:
                     f"cannot create a file in {self.folder}: {exc.strerror}"
                 ) from None
             try:
+                _reserve_space(fd, self.params.size, self.folder)
                 self._fill(fd, temp)
                 self._rename(temp_name)
                 renamed = True
@@ -422,7 +428,7 @@ class Upload:
         actual = writer.digest.hexdigest()
         if self.sha256 is None:  # sent after the data
             try:
-                self.sha256 = receive_digest(self.request)
+                self.sha256 = receive_digest(self.request, self.stall_timeout)
             finally:
                 self.client_done = True
         if actual != self.sha256:
@@ -436,7 +442,7 @@ class Upload:
         _apply_metadata(fd, self.params.path, self.target)
 
     def _stream_into(self, writer: _Writer) -> None:
-        self.conn.sock.settimeout(self.idle_timeout)
+        self.conn.sock.settimeout(self.stall_timeout)
         while self.received < self.params.size:
             if writer.error is not None:
                 raise TransferFailed(writer.error)
@@ -459,7 +465,7 @@ class Upload:
             return self.conn.recv_frame()
         except TimeoutError:
             raise ConnectionClosed(
-                f"client stalled for {self.idle_timeout:g} s (limits.idle_timeout)"
+                f"upload stalled for {self.stall_timeout:g} s (limits.upload_stall_timeout)"
             ) from None
 
     def discard_rest(self) -> None:
@@ -477,6 +483,28 @@ class Upload:
             self.received += len(frame.payload)
             if self.received >= self.params.size and not trailing_digest:
                 return
+
+
+def _reserve_space(fd: int, size: int, folder: str) -> None:
+    """Refuse an upload that cannot fit before a byte is sent, and allocate its blocks
+    now, so a disk that fills meanwhile fails here rather than half-way through."""
+    if size == 0:
+        return
+    st = os.fstatvfs(fd)
+    free = st.f_bavail * st.f_frsize
+    if size > free:
+        raise TransferFailed(
+            f"not enough space in {folder}: the file needs {size} bytes, {free} are free"
+        )
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise TransferFailed(f"not enough space in {folder} for {size} bytes") from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # some filesystems cannot
+            raise TransferFailed(
+                f"cannot allocate {size} bytes in {folder}: {exc.strerror}"
+            ) from None
 
 
 class _Writer(threading.Thread):
