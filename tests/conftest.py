@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,3 +51,29 @@ def daemon_factory(tmp_path, server_identity) -> Iterator:
 def daemon(daemon_factory, client_home) -> Daemon:
     """A daemon that knows `client_home` as client "ops", allowed everything."""
     return daemon_factory({"ops": client_entry(client_home)})
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(name, options) -> a fresh tmpfs under tmp_path, unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted: list[Path] = []
+
+    def mount(name: str, options: str) -> Path:
+        mount_point = tmp_path / name
+        mount_point.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(mount_point)
+        return mount_point
+
+    yield mount
+    for mount_point in reversed(mounted):
+        if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)

@@ -1,0 +1,160 @@
+"""Per-client limits, the upload stall timeout and disk space: one client, even an
+authenticated one, cannot hold what others need. Real daemon, real processes, real
+filesystems (a small tmpfs for a full disk)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+import pytest
+from support import client_entry, frames_after_hello, make_client_home, run_cli, trust
+
+from radmin.client import ClientOptions, RemoteError, connect
+from radmin.hosts import Target
+from radmin.journal import TEMP_PREFIX
+from radmin.protocol import FrameType
+
+PER_CLIENT = {"max_connections": 3, "max_processes": 2, "max_uploads": 1}
+
+
+@pytest.fixture
+def limited_daemon(daemon_factory, client_home, tmp_path):
+    admin = make_client_home(tmp_path / "admin")
+    daemon = daemon_factory(
+        {"ops": client_entry(client_home), "admin": client_entry(admin)},
+        limits={"handshake_timeout": 2, "upload_stall_timeout": 1, "per_client": PER_CLIENT},
+    )
+    trust(client_home, daemon)
+    trust(admin, daemon)
+    daemon.admin = admin
+    return daemon
+
+
+def api(home, daemon):
+    return connect(Target("d", "127.0.0.1", daemon.port), ClientOptions(home))
+
+
+def start_sleep(frames, seconds: int = 30) -> None:
+    frames.send_json(
+        FrameType.REQUEST,
+        {"op": "exec", "command": f"sleep {seconds}", "env": {}, "stdin": False},
+    )
+    frames.send_frame(FrameType.EOF)
+    frame_type, reply = frames.recv_json(FrameType.PROCEED, FrameType.RESULT)
+    assert frame_type is FrameType.PROCEED, reply
+
+
+def test_commands_over_max_processes_exit_126_and_other_clients_still_run(
+    limited_daemon, client_home
+):
+    daemon = limited_daemon
+    running = [frames_after_hello(client_home, daemon.port) for _ in range(2)]
+    for frames in running:
+        start_sleep(frames)
+    result = run_cli(client_home, "exec", daemon.address, "true")
+    assert result.returncode == 126
+    assert b"limits.per_client.max_processes" in result.stderr
+    other = run_cli(daemon.admin, "exec", daemon.address, "echo admin")
+    assert (other.returncode, other.stdout) == (0, b"admin\n")
+    running[0].send_json(FrameType.CANCEL, {})  # one ends: room for one more
+    running[0].recv_json(FrameType.RESULT)
+    assert run_cli(client_home, "exec", daemon.address, "true").returncode == 0
+    for frames in running:
+        frames.close()
+
+
+def test_connections_over_max_connections_are_refused_at_hello(limited_daemon, client_home):
+    daemon = limited_daemon
+    held = [api(client_home, daemon) for _ in range(3)]
+    result = run_cli(client_home, "ping", daemon.address)
+    assert result.returncode == 255
+    assert b"limits.per_client.max_connections" in result.stderr
+    assert run_cli(daemon.admin, "ping", daemon.address).returncode == 0
+    held.pop().close()
+    daemon.wait_for_event(
+        lambda e: e.get("event") == "connection_closed" and e.get("client") == "ops"
+    )
+    assert run_cli(client_home, "ping", daemon.address).returncode == 0
+    for conn in held:
+        conn.close()
+
+
+def _start_upload(frames, dest, size: int) -> None:
+    frames.send_json(
+        FrameType.REQUEST,
+        {"op": "put", "path": str(dest), "name": dest.name, "size": size, "sha256": None},
+    )
+    frames.recv_json(FrameType.PROCEED)
+    frames.send_frame(FrameType.FILE_DATA, b"x" * 1000)  # then nothing more
+
+
+def test_uploads_over_max_uploads_exit_1(limited_daemon, client_home, tmp_path):
+    daemon = limited_daemon
+    frames = frames_after_hello(client_home, daemon.port)
+    _start_upload(frames, daemon.folder / "uploads" / "slow.bin", 10_000)
+    local = tmp_path / "second"
+    local.write_bytes(b"second\n")
+    result = run_cli(client_home, "put", str(local), daemon.address)
+    assert result.returncode == 1
+    assert b"limits.per_client.max_uploads" in result.stderr
+    frames.close()
+
+
+def test_a_stalled_upload_is_ended_and_its_space_released(limited_daemon, client_home):
+    daemon = limited_daemon
+    folder = daemon.folder / "uploads"
+    dest = folder / "stalled.bin"
+    frames = frames_after_hello(client_home, daemon.port)
+    started = time.monotonic()
+    _start_upload(frames, dest, 50 * 1024 * 1024)
+    assert [p for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)]  # allocated
+    event = daemon.wait_for_event(
+        lambda e: e.get("event") == "request" and e.get("path") == str(dest), timeout=10
+    )
+    assert "limits.upload_stall_timeout" in event["error"]
+    assert time.monotonic() - started < 5  # 1 s configured, well before idle_timeout
+    assert [p.name for p in folder.iterdir()] == []
+    assert os.listdir(daemon.folder / "state" / "inflight") == []
+    frames.sock.settimeout(5)
+    with pytest.raises((ConnectionError, OSError, Exception)):
+        frames.recv_frame()  # the daemon hung up
+
+
+def test_upload_larger_than_the_free_space_is_refused_before_any_data(
+    daemon, client_home, tmp_path, tmpfs
+):
+    small = tmpfs("small", "size=1m")
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(3 * 1024 * 1024))
+    sent: list[int] = []
+    with api(client_home, daemon) as conn:
+        with pytest.raises(RemoteError) as refused:
+            conn.put(str(local), str(small / "big.bin"), progress=sent.append)
+        assert "not enough space" in str(refused.value)
+        assert sent == []  # refused before a single data frame
+        assert conn.ping().client == "ops"
+    assert os.listdir(small) == []
+
+
+@pytest.mark.parametrize("run_as", ["root", "nobody"])
+def test_commands_start_with_oom_score_adj_0_and_1024_open_files(
+    daemon_factory, client_home, run_as
+):
+    """The daemon's own oom_score_adj (+300 here: CI cannot set a negative one) and its
+    raised open-file limit are not inherited by commands."""
+    daemon = daemon_factory({"ops": client_entry(client_home, run_as=run_as)})
+    pid = daemon.proc.pid
+    with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+        f.write("300")
+    _soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    trust(client_home, daemon)
+    result = run_cli(
+        client_home, "exec", daemon.address, "cat /proc/self/oom_score_adj; ulimit -Sn"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"0\n{min(1024, hard)}\n".encode()
+    with open(f"/proc/{pid}/oom_score_adj") as f:
+        assert f.read().strip() == "300"  # the daemon keeps its own
