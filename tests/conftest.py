@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Daemon, base_config, client_entry, make_client_home
+from support import Daemon, client_entry, make_client_home, prepare_daemon
 
 from radmin.identity import ClientHome, create_identity
 
@@ -30,11 +30,7 @@ def daemon_factory(tmp_path, server_identity) -> Iterator:
 
     def make(clients: dict[str, Any] | None = None, **overrides: Any) -> Daemon:
         folder = tmp_path / f"daemon{len(started)}"
-        folder.mkdir()
-        (folder / "uploads").mkdir()
-        config = base_config(server_identity, folder, **overrides)
-        config["clients"] = clients or {}
-        daemon = Daemon(folder, config)
+        daemon = prepare_daemon(folder, server_identity, clients or {}, **overrides)
         started.append(daemon)
         return daemon.start()
 

@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,13 @@ def make_client_home(path: Path) -> ClientHome:
 class Daemon:
     """A running radmind subprocess and the files around it."""
 
-    def __init__(self, folder: Path, config: dict[str, Any], env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        config: dict[str, Any],
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ):
         self.folder = folder
         self.config_path = folder / "radmind.yaml"
         self.stderr_path = folder / "radmind.log"  # the daemon's stdout and stderr
@@ -46,6 +53,7 @@ class Daemon:
         self.log_path = folder / log_file if log_file else self.stderr_path  # JSON events
         self.config = config
         self.env = env  # None: the test runner's environment
+        self.preexec_fn = preexec_fn  # runs in the child before exec (e.g. setrlimit)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.ports: list[int] = []
@@ -65,6 +73,7 @@ class Daemon:
                 stderr=output,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
+                preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -116,6 +125,18 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+
+def prepare_daemon(
+    folder: Path, server_identity: Path, clients: dict[str, Any], **overrides: Any
+) -> Daemon:
+    """A daemon, not started yet, in `folder` (created, with an uploads/ folder) knowing
+    `clients`. Not started, so a caller can record it for cleanup before `start()`."""
+    folder.mkdir()
+    (folder / "uploads").mkdir()
+    config = base_config(server_identity, folder, **overrides)
+    config["clients"] = clients
+    return Daemon(folder, config)
 
 
 def base_config(server_identity: Path, state_dir: Path, **overrides: Any) -> dict[str, Any]:
@@ -206,3 +227,41 @@ def trust(home: ClientHome, daemon: Daemon) -> list[str]:
         for address in addresses:
             f.write(f"{address} {presented}\n")
     return addresses
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `predicate` until it returns something truthy; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A numeric field of /proc/PID/status (VmRSS in KiB, Threads...)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def restricted_entry(home: ClientHome) -> dict[str, Any]:
+    """A low-privilege client: it may run `echo ...` and upload nothing."""
+    return client_entry(home, exec_allow=("echo *",), put_allow=())
+
+
+def send_request(frames: FrameSocket, payload: bytes) -> dict[str, Any]:
+    """Send one REQUEST frame holding `payload` as is; return the RESULT it gets."""
+    frames.send_frame(FrameType.REQUEST, payload)
+    return frames.recv_json(FrameType.RESULT)[1]
+
+
+def ping_works(frames: FrameSocket) -> bool:
+    return send_request(frames, b'{"op":"ping"}').get("ok") is True

@@ -32,6 +32,7 @@ from support import (
     client_entry,
     make_client_home,
     run_cli,
+    wait_until,
 )
 
 from radmin.client import ClientOptions, Connection, RemoteError, connect
@@ -43,17 +44,6 @@ UNIT = Path(__file__).resolve().parent.parent / "packaging" / "systemd" / "radmi
 
 
 # -- helpers --------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `predicate` until it returns something truthy; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def events_named(daemon: Daemon, *names: str) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from typing import Any
 from radmin import policy
 from radmin.errors import BadRequest, ConnectionClosed, ProtocolError, RequestError
 from radmin.ops import Outcome, Request
-from radmin.protocol import HIGH_WATER, FrameSocket, FrameType
+from radmin.protocol import HIGH_WATER, FrameSocket, FrameType, wait_ready
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
@@ -63,7 +63,7 @@ def parse_params(params: dict[str, Any], timeout_ceiling: float) -> ExecParams:
     if not isinstance(env, dict):
         raise BadRequest("env must be a mapping of NAME to VALUE")
     for name, value in env.items():
-        if not ENV_NAME.match(name):
+        if not ENV_NAME.fullmatch(name):
             raise BadRequest(f"invalid environment variable name {name!r}")
         if not isinstance(value, str) or "\0" in value:
             raise BadRequest(f"invalid value for environment variable {name}")
@@ -391,7 +391,7 @@ class ProcessPump:
         give_up = time.monotonic() + KILL_GRACE
         while self.status is None and time.monotonic() < give_up:
             if self.pidfd is not None:
-                select.select([self.pidfd], [], [], give_up - time.monotonic())
+                wait_ready({self.pidfd: select.POLLIN}, give_up - time.monotonic())
             else:
                 time.sleep(0.02)
             self._check_exit()
