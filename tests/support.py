@@ -54,6 +54,7 @@ class Daemon:
         self.config = config
         self.env = env  # None: the test runner's environment
         self.preexec_fn = preexec_fn  # runs in the child before exec (e.g. setrlimit)
+        self.program = [RADMIND]  # what runs `run -c CONFIG` (a wrapper may add operations)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.ports: list[int] = []
@@ -68,7 +69,7 @@ class Daemon:
         self.stderr_path.write_text("")
         with open(self.stderr_path, "ab") as output:
             self.proc = subprocess.Popen(
-                [RADMIND, "run", "-c", str(self.config_path)],
+                [*self.program, "run", "-c", str(self.config_path)],
                 stdout=output,
                 stderr=output,
                 stdin=subprocess.DEVNULL,
