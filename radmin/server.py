@@ -250,9 +250,7 @@ class Session(socketserver.BaseRequestHandler):
         """TLS 1.3 under the handshake deadline, then who is it; False (logged) if not."""
         try:
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            tls = context.wrap_socket(
-                self.request, server_side=True, do_handshake_on_connect=False
-            )
+            tls = context.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
         except OSError as exc:  # the peer is already gone
             self.log.warning("handshake_failed", reason=_handshake_reason(exc))
             return False

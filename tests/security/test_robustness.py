@@ -421,8 +421,9 @@ def test_connection_whose_thread_cannot_start_gives_its_slot_back(daemon_factory
         for attempt in range(5):  # more than max_connections
             assert _handshake_fails(client_home, daemon.port), f"attempt {attempt} was served"
         wait_until(
-            lambda: len([e for e in daemon.events() if e.get("event") == "connection_dropped"])
-            == 5,
+            lambda: (
+                len([e for e in daemon.events() if e.get("event") == "connection_dropped"]) == 5
+            ),
             5,
             "five connection_dropped events",
         )
