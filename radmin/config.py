@@ -280,7 +280,8 @@ SCHEMA: Schema = {
             _positive(float),
             30.0,
             "Seconds a frame has to arrive whole once its first byte is in (a client "
-            "dripping bytes is cut off).",
+            "dripping bytes is cut off); a 1 MiB upload frame must fit: raise it for "
+            "links slower than 35 KB/s.",
             "30",
         ),
         "exec_timeout": Setting(

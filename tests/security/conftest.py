@@ -4,17 +4,25 @@ through could do no harm; and the fuzz case count, reported at the end of the ru
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import pytest
 from support import Daemon, make_client_home, prepare_daemon, restricted_entry
 
 from radmin.identity import ClientHome
 
-_FUZZ_CASES = pytest.StashKey[Counter]()
-_FUZZ_STARTED = pytest.StashKey[float]()
+
+@dataclass
+class FuzzTally:
+    """Cases run per fuzz target, and the seconds spent running them."""
+
+    cases: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+_FUZZ = pytest.StashKey[FuzzTally]()
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +41,17 @@ def restricted_daemon(tmp_path_factory, server_identity, low_home) -> Iterator[D
 
 
 @pytest.fixture(scope="session")
-def fuzz_cases(pytestconfig) -> Counter:
-    """Cases run per fuzz target; printed in the terminal summary, whatever -s says."""
-    pytestconfig.stash[_FUZZ_STARTED] = time.monotonic()
-    return pytestconfig.stash.setdefault(_FUZZ_CASES, Counter())
+def fuzz_tally(pytestconfig) -> FuzzTally:
+    """Printed in the terminal summary, whatever -s says."""
+    return pytestconfig.stash.setdefault(_FUZZ, FuzzTally())
 
 
 def pytest_terminal_summary(terminalreporter, config) -> None:
-    cases = config.stash.get(_FUZZ_CASES, None)
-    if not cases:
+    tally = config.stash.get(_FUZZ, None)
+    if tally is None or not tally.cases:
         return
-    seconds = time.monotonic() - config.stash[_FUZZ_STARTED]
-    detail = ", ".join(f"{name} {count}" for name, count in cases.items())
+    detail = ", ".join(f"{name} {count}" for name, count in tally.cases.items())
     terminalreporter.write_line(
-        f"fuzz: {sum(cases.values())} cases against one radmind in {seconds:.1f} s ({detail})"
+        f"fuzz: {sum(tally.cases.values())} cases against one radmind "
+        f"in {tally.seconds:.1f} s ({detail})"
     )

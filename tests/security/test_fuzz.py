@@ -28,6 +28,8 @@ import os
 import socket
 import ssl
 import string
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -297,17 +299,24 @@ def baseline(restricted_daemon: Daemon) -> tuple[int, int]:
 
 
 @pytest.fixture
-def fuzz(restricted_daemon, low_home, baseline, fuzz_cases) -> Callable:
+def fuzz_cases(fuzz_tally) -> Counter:
+    return fuzz_tally.cases
+
+
+@pytest.fixture
+def fuzz(restricted_daemon, low_home, baseline, fuzz_tally) -> Callable:
     """Run a hypothesis-driven target against the daemon and check the aftermath."""
 
     def run(name: str, target: Callable[[Peer], None], examples: int) -> None:
         peer = Peer(low_home, restricted_daemon.port)
-        before = fuzz_cases[name]
+        before = fuzz_tally.cases[name]
+        started = time.monotonic()
         try:
             target(peer)
         finally:
+            fuzz_tally.seconds += time.monotonic() - started
             peer.drop()
-        assert fuzz_cases[name] - before >= int(examples * SCALE)
+        assert fuzz_tally.cases[name] - before >= int(examples * SCALE)
         _assert_unharmed(restricted_daemon, low_home, baseline)
 
     return run
