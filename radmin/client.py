@@ -33,7 +33,7 @@ from radmin.errors import (
 )
 from radmin.hosts import Target
 from radmin.identity import ClientHome, KnownHosts, fingerprint, key_mode_problem
-from radmin.protocol import HIGH_WATER, MAX_DATA, FrameSocket, FrameType
+from radmin.protocol import HIGH_WATER, MAX_DATA, FrameSocket, FrameType, wait_ready
 
 # Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
 TYPE_CHECKING = False
@@ -262,15 +262,15 @@ class Connection:
         self, sock: socket.socket, for_write: bool, deadline: float | None, what: str = "timed out"
     ) -> None:
         """Wait until `sock` is ready; raise Cancelled on Ctrl-C, TransportError at the deadline."""
+        interest = {sock.fileno(): select.POLLOUT if for_write else select.POLLIN}
         cancel_fd = self.options.cancel_fd
-        readers = [] if for_write else [sock]
         if cancel_fd is not None:
-            readers.append(cancel_fd)
+            interest[cancel_fd] = select.POLLIN
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        readable, writable, _ = select.select(readers, [sock] if for_write else [], [], timeout)
-        if cancel_fd is not None and cancel_fd in readable:
+        ready = wait_ready(interest, timeout)
+        if cancel_fd is not None and cancel_fd in ready:
             raise Cancelled("cancelled")
-        if not readable and not writable:
+        if not ready:
             raise TransportError(what)
 
     def _check_host_key(self) -> None:
@@ -547,13 +547,13 @@ class Connection:
     def _answered_early(self) -> bool:
         """Has the daemon sent its RESULT before all data was sent (disk full, say)?"""
         sock = self.frames.sock
-        return bool(sock.pending()) or bool(select.select([sock], [], [], 0)[0])
+        return bool(sock.pending()) or bool(wait_ready({sock.fileno(): select.POLLIN}, 0))
 
 
 class _ExecStream:
     """The client half of an exec: forward stdin, deliver output, watch for cancel.
 
-    One select() loop over the socket, the stdin source and the cancel fd. Stdin goes
+    One poll() loop over the socket, the stdin source and the cancel fd. Stdin goes
     out only within the window the daemon grants (PROCEED, then WINDOW frames), so the
     daemon never buffers more than that and always keeps reading the socket -- which is
     how it notices at once when this client goes away.
@@ -606,38 +606,37 @@ class _ExecStream:
                 self._step(sock.fileno())
             self._end_input()  # the command is done: stop reading our stdin
             while not self.frames.flush():
-                select.select([], [sock], [], self.conn.options.connect_timeout)
+                wait_ready({sock.fileno(): select.POLLOUT}, self.conn.options.connect_timeout)
         finally:
             sock.settimeout(self.conn.options.connect_timeout)
         return self.result
 
     def _step(self, sock_fd: int) -> None:
-        readers = [sock_fd]
+        interest = {sock_fd: select.POLLIN | (select.POLLOUT if self.frames.queued else 0)}
         forwarding = self.stdin_fd is not None and not self.input_done
         if forwarding and self.credit > 0 and self.frames.queued < HIGH_WATER:
-            readers.append(self.stdin_fd)
+            interest[self.stdin_fd] = select.POLLIN
         if self.cancel_fd is not None and self.cancel_sent_at is None:
-            readers.append(self.cancel_fd)
-        writers = [sock_fd] if self.frames.queued else []
+            interest[self.cancel_fd] = select.POLLIN
         timeout = None
         if self.cancel_sent_at is not None:
             timeout = max(0.0, self.cancel_sent_at + CANCEL_WAIT - time.monotonic())
             if timeout == 0:
                 raise TransportError("cancelled, but the daemon did not confirm in time")
         if self.frames.buffered:
-            timeout = 0  # decrypted bytes select() cannot see
-        readable, _, _ = select.select(readers, writers, [], timeout)
-        if self.cancel_fd in readable:
+            timeout = 0  # decrypted bytes poll() cannot see
+        ready = wait_ready(interest, timeout)
+        if self.cancel_fd is not None and self.cancel_fd in ready:
             self.frames.queue_json(FrameType.CANCEL, {})
             self.cancel_sent_at = time.monotonic()
-        if self.stdin_fd in readable:
+        if self.stdin_fd is not None and self.stdin_fd in ready:
             data = os.read(self.stdin_fd, min(64 * 1024, self.credit))
             if data:
                 self.credit -= len(data)
                 self.frames.queue(FrameType.STDIN, data)
             else:
                 self._end_input()
-        if sock_fd in readable or self.frames.buffered:
+        if ready.get(sock_fd, 0) & ~select.POLLOUT or self.frames.buffered:
             while self.result is None and (frame := self.frames.poll_frame()) is not None:
                 self._on_frame(frame.type, frame.payload)
         self.frames.flush()

@@ -345,6 +345,14 @@ SCHEMA: Schema = {
             "Seconds the daemon waits for a client's next frame (between requests, in a put).",
             "300",
         ),
+        "frame_timeout": Setting(
+            _positive(float),
+            30.0,
+            "Seconds a frame has to arrive whole once its first byte is in (a client "
+            "dripping bytes is cut off); a 1 MiB upload frame must fit: raise it for "
+            "links slower than 35 KB/s.",
+            "30",
+        ),
         "exec_timeout": Setting(
             _positive(float), 3600.0, "Seconds, the ceiling for exec -t.", "3600"
         ),
@@ -444,6 +452,7 @@ class Limits:
     max_connections: int
     handshake_timeout: float
     idle_timeout: float
+    frame_timeout: float
     exec_timeout: float
     max_put_size: int
     shutdown_grace: float

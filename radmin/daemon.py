@@ -13,6 +13,7 @@ exit 0.
 from __future__ import annotations
 
 import queue
+import resource
 import signal
 import threading
 import time
@@ -30,6 +31,34 @@ from radmin.server import DaemonState, RadminServer
 _TICK = 1.0
 _STATUS_EVERY = 10.0
 _ACCEPT_POLL = 0.5  # serve_forever's poll interval: the accept loop's heartbeat period
+_FDS_PER_CONNECTION = 5  # the socket, and a running command's three pipes and pidfd
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the (soft, hard) in force.
+
+    Each connection holds a descriptor and each running command four more. The soft
+    limit is often 1024 (systemd's default is 1024 soft, 524288 hard): it exists for
+    programs that use select(), and radmind only polls.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else _nr_open()
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft, hard
+    return target, hard
+
+
+def _nr_open() -> int:
+    """The kernel's ceiling for RLIMIT_NOFILE when the hard limit says "unlimited"."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1024 * 1024
 
 
 def _address_text(address: tuple[str, int]) -> str:
@@ -46,6 +75,7 @@ class Daemon:
         self.servers: dict[tuple[str, int], RadminServer] = {}  # by configured address
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.fingerprint = cert_file_fingerprint(config.cert)
+        self._check_fd_limit(config)
         self._recover_uploads(config)
         self._log_warnings(config)
 
@@ -54,6 +84,20 @@ class Daemon:
         before every start."""
         for warning in config.warnings:
             self.log.warning("config_warning", message=warning)
+
+    def _check_fd_limit(self, config: Config) -> None:
+        soft, hard = raise_fd_limit()
+        needed = config.limits.max_connections * _FDS_PER_CONNECTION + 64
+        if soft < needed:
+            self.log.warning(
+                "fd_limit_low",
+                soft=soft,
+                hard=hard,
+                needed=needed,
+                note="limits.max_connections busy connections may run out of descriptors",
+            )
+        else:
+            self.log.debug("fd_limit", soft=soft, hard=hard)
 
     def _recover_uploads(self, config: Config) -> None:
         """Delete temporary files of uploads a previous run did not finish (kill -9)."""

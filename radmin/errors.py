@@ -17,6 +17,21 @@ class ProtocolError(RadminError):
     code = "protocol"
 
 
+class UnsafeMessage(ProtocolError):
+    """A control frame is well-formed JSON but holds a value radmin refuses: NaN or
+    Infinity, an integer too long to be a count, a string that is not encodable UTF-8 or
+    holds a NUL, nesting too deep to be a radmin message.
+
+    The frame was read whole, so the stream is still in step: the daemon answers such a
+    REQUEST with a `bad_request` RESULT and goes on; anywhere else it is a protocol error.
+    """
+
+
+class FrameTimeout(ProtocolError):
+    """A frame began but did not arrive whole in time (`limits.frame_timeout`): a peer
+    dripping bytes cannot hold a connection by resetting a per-read timeout."""
+
+
 class ConnectionClosed(RadminError):
     """The peer went away (EOF or reset) where a frame was expected."""
 

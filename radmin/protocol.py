@@ -3,8 +3,10 @@
 Each frame is a 5-byte header -- frame type (1 byte), payload length (4 bytes, big
 endian) -- followed by the payload. Control frames carry one JSON object; data frames
 carry raw bytes (never base64). Limits are checked on the header, before a byte of the
-payload is read, so a peer can never make us allocate what it announces. See
-docs/protocol.md for the order frames come in.
+payload is read, and the receive buffer grows only as bytes really arrive, so a peer can
+never make us allocate what it merely announces. A frame that has begun must arrive whole
+within `frame_timeout`, so dripping bytes cannot hold a connection open. Control frames
+are parsed strictly (`decode_json`). See docs/protocol.md for the order frames come in.
 
 `FrameSocket` serves two styles over the same receive buffer:
   * blocking request/reply (hello, ping, put) with the socket's timeout, and
@@ -16,12 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import select
 import socket
 import ssl
 import struct
+import time
 from enum import IntEnum
 
-from radmin.errors import ConnectionClosed, ProtocolError
+from radmin.errors import ConnectionClosed, FrameTimeout, ProtocolError, UnsafeMessage
 
 # Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
 TYPE_CHECKING = False
@@ -35,6 +40,13 @@ HIGH_WATER = 1024 * 1024
 _INITIAL_BUFFER = 64 * 1024
 _FULL_BUFFER = HEADER.size + MAX_DATA + 64 * 1024
 _SEND_CHUNK = 256 * 1024
+# Seconds a frame whose first byte has arrived may take to arrive whole (the daemon's
+# limits.frame_timeout overrides it).
+FRAME_TIMEOUT = 30.0
+# Strict JSON: no radmin message nests deeper, and no count it carries has more digits
+# (2**64 has 20).
+MAX_DEPTH = 32
+MAX_INT_DIGITS = 20
 
 
 class FrameType(IntEnum):
@@ -82,14 +94,99 @@ def encode_json(obj: dict[str, Any]) -> bytes:
 
 
 def decode_json(frame_type: FrameType, payload: bytes | memoryview) -> dict[str, Any]:
-    """Parse a control frame's payload; anything but a JSON object is a protocol error."""
+    """Parse a control frame's payload strictly.
+
+    Not UTF-8, not JSON, or not a JSON object: ProtocolError. Valid JSON holding a value
+    no radmin message has -- and that would blow up wherever it is used later, far from
+    here -- raises UnsafeMessage (a ProtocolError): NaN/Infinity (Python's extension to
+    JSON), integers over MAX_INT_DIGITS digits (int() refuses 4,300+, float() overflows
+    past 308), nesting deeper than MAX_DEPTH (RecursionError), strings with a lone
+    surrogate (from a "\\ud800" escape: not encodable, so no path or command) or a NUL.
+    One check here instead of one per field in every operation.
+    """
     try:
-        obj = json.loads(bytes(payload))
+        text = bytes(payload).decode("utf-8")
+        obj = json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+        )
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"{frame_type.name} frame is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UnsafeMessage(f"{frame_type.name} frame is nested too deeply") from None
+    except UnsafeMessage as exc:
+        raise UnsafeMessage(f"{frame_type.name} frame: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"{frame_type.name} frame must hold a JSON object")
+    try:
+        _check_values(obj)
+    except UnsafeMessage as exc:
+        raise UnsafeMessage(f"{frame_type.name} frame: {exc}") from None
     return obj
+
+
+def _refuse_constant(name: str) -> float:
+    raise UnsafeMessage(f"{name} is not a number radmin accepts")
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        raise UnsafeMessage(f"an integer of {digits} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        shown = text if len(text) <= 24 else f"{text[:24]}..."
+        raise UnsafeMessage(f"the number {shown} is too large")
+    return value
+
+
+def _check_values(message: dict[str, Any]) -> None:
+    """Walk the decoded message once (no recursion): depth, and every string, keys too."""
+    stack: list[tuple[Any, int]] = [(message, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            _check_string(value)
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth > MAX_DEPTH:
+            raise UnsafeMessage(f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            for key in value:
+                _check_string(key)
+            value = value.values()
+        stack.extend((item, depth + 1) for item in value)
+
+
+def _check_string(text: str) -> None:
+    if "\0" in text:
+        raise UnsafeMessage("a string holds a NUL character")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UnsafeMessage("a string is not valid Unicode (lone surrogate)") from None
+
+
+def wait_ready(interest: dict[int, int], timeout: float | None) -> dict[int, int]:
+    """poll() on {fd: events}; return {fd: revents} of the ready ones ({} on timeout).
+
+    poll, never select(): select() fails for descriptors >= 1024, which a busy daemon
+    (or a client with many connections) reaches. HUP and errors count as ready: the
+    next read or write reports them.
+    """
+    poller = select.poll()
+    for fd, events in interest.items():
+        poller.register(fd, events)
+    wait_ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+    return dict(poller.poll(wait_ms))
 
 
 def parse_header(header: bytes | memoryview) -> tuple[FrameType, int]:
@@ -121,34 +218,60 @@ class Frame:
 
 
 class FrameSocket:
-    """Frames over a connected (TLS) socket, with one fixed receive buffer."""
+    """Frames over a connected (TLS) socket, with one receive buffer that grows as bytes
+    arrive."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, frame_timeout: float = FRAME_TIMEOUT):
         self.sock = sock
+        self.frame_timeout = frame_timeout
         # Small until a large frame arrives: an idle connection costs 64 KiB, not 1 MiB.
         self._buf = bytearray(_INITIAL_BUFFER)
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
         self._out = bytearray()
+        # When the frame being received must be complete; None while none has begun.
+        self._frame_deadline: float | None = None
         self.bytes_received = 0
         self.bytes_sent = 0
+        self.frames_received = 0
+        self.frames_sent = 0
 
     # -- parsing -----------------------------------------------------------------------
 
     def _frame_from_buffer(self) -> Frame | None:
         available = self._end - self._start
         if available < HEADER.size:
+            self._frame_begun(available)
             return None
         frame_type, length = parse_header(self._view[self._start : self._start + HEADER.size])
         total = HEADER.size + length
         if available < total:
-            if self._start + total > len(self._buf):
-                self._make_room(total)
+            self._make_room(total)
+            self._frame_begun(available)
             return None
         payload = self._view[self._start + HEADER.size : self._start + total]
         self._start += total
+        self._frame_deadline = None
+        self.frames_received += 1
         return Frame(frame_type, payload)
+
+    def _frame_begun(self, available: int) -> None:
+        """Start the frame clock at the first byte of a frame we are waiting for."""
+        if available and self._frame_deadline is None:
+            self._frame_deadline = time.monotonic() + self.frame_timeout
+
+    @property
+    def frame_deadline(self) -> float | None:
+        """When the partly received frame must be complete (time.monotonic()), or None."""
+        return self._frame_deadline
+
+    def _check_frame_deadline(self, now: float) -> None:
+        if self._frame_deadline is not None and now >= self._frame_deadline:
+            raise FrameTimeout(
+                f"a frame was not complete within {self.frame_timeout:g} s of its first byte"
+                " (limits.frame_timeout)"
+            )
 
     def _compact(self) -> None:
         """Move a partial frame to the front so the rest of it fits behind."""
@@ -157,16 +280,24 @@ class FrameSocket:
         self._start, self._end = 0, pending
 
     def _make_room(self, frame_size: int) -> None:
-        """Compact, or move to a full-size buffer (once) if the frame cannot fit.
+        """Make space for the rest of a frame -- as it arrives, never ahead of it.
 
+        Compact first; grow only once the buffer is full of the frame's bytes, doubling
+        up to the full size: a header announcing 1 MiB followed by a few bytes costs
+        nothing, and memory follows what the peer really sent (at most twice that).
         A new buffer rather than a resize: a caller may still hold a payload view into
         the old one, and a bytearray with live views cannot change size.
         """
-        if frame_size <= len(self._buf):
-            self._compact()
+        if self._start + frame_size <= len(self._buf):
             return
+        if self._start:
+            self._compact()
+        if frame_size > len(self._buf) and self._end == len(self._buf):
+            self._grow(min(2 * len(self._buf), _FULL_BUFFER))
+
+    def _grow(self, size: int) -> None:
         pending = self._end - self._start
-        bigger = bytearray(_FULL_BUFFER)
+        bigger = bytearray(size)
         bigger[:pending] = self._view[self._start : self._end]
         self._buf, self._view = bigger, memoryview(bigger)
         self._start, self._end = 0, pending
@@ -191,21 +322,58 @@ class FrameSocket:
 
     # -- blocking style ----------------------------------------------------------------
 
-    def recv_frame(self) -> Frame:
-        """Block (up to the socket's timeout) until one whole frame has arrived."""
+    def recv_frame(self, deadline: float | None = None) -> Frame:
+        """Block until one whole frame has arrived.
+
+        Three bounds: the socket's timeout for each wait (the caller's idle limit),
+        `frame_timeout` once the frame's first byte is here, and `deadline` (a
+        time.monotonic() value, e.g. the end of the handshake) for the whole call. The
+        last two are totals: a peer dripping a byte at a time cannot stretch them.
+        """
         while True:
             frame = self._frame_from_buffer()
             if frame is not None:
                 return frame
-            if self._receive_more() == 0:
+            if self._receive_before(deadline) == 0:
                 raise self._eof()
 
-    def recv_json(self, *expected: FrameType) -> tuple[FrameType, dict[str, Any]]:
-        """Receive a control frame of one of the expected types."""
-        frame = self.recv_frame()
+    def _receive_before(self, deadline: float | None) -> int:
+        """_receive_more, cut short by the frame's deadline or the caller's."""
+        limit = self._frame_deadline
+        if limit is None or (deadline is not None and deadline < limit):
+            limit = deadline
+        if limit is None:
+            return self._receive_more()
+        now = time.monotonic()
+        self._check_frame_deadline(now)
+        remaining = limit - now
+        if remaining <= 0:
+            raise TimeoutError("no complete frame before the deadline")
+        idle = self.sock.gettimeout()
+        if idle is not None and idle <= remaining:
+            return self._receive_more()  # the socket's own timeout comes first
+        self.sock.settimeout(remaining)
+        try:
+            return self._receive_more()
+        except TimeoutError:
+            self._check_frame_deadline(time.monotonic())
+            raise TimeoutError("no complete frame before the deadline") from None
+        finally:
+            self.sock.settimeout(idle)
+
+    def recv_control(self, *expected: FrameType, deadline: float | None = None) -> Frame:
+        """Receive a frame of one of the expected (control) types, not yet decoded."""
+        frame = self.recv_frame(deadline)
         if frame.type not in expected:
             names = "/".join(t.name for t in expected)
             raise ProtocolError(f"expected a {names} frame, got {frame.type.name}")
+        return frame
+
+    def recv_json(
+        self, *expected: FrameType, deadline: float | None = None
+    ) -> tuple[FrameType, dict[str, Any]]:
+        """Receive a control frame of one of the expected types."""
+        frame = self.recv_control(*expected, deadline=deadline)
         return frame.type, frame.json()
 
     def send_frame(self, frame_type: FrameType, payload: bytes | memoryview = b"") -> None:
@@ -216,6 +384,7 @@ class FrameSocket:
             self.sock.sendall(header)
             self.sock.sendall(payload)
         self.bytes_sent += HEADER.size + len(payload)
+        self.frames_sent += 1
 
     def send_json(self, frame_type: FrameType, obj: dict[str, Any]) -> None:
         self.send_frame(frame_type, encode_json(obj))
@@ -226,12 +395,14 @@ class FrameSocket:
         """Return a complete frame if one is buffered or readable now, else None.
 
         Call until it returns None after the socket polled readable: TLS may hold
-        decrypted bytes that poll() cannot see.
+        decrypted bytes that poll() cannot see. A frame that began more than
+        `frame_timeout` ago raises FrameTimeout here (checked whenever bytes come in).
         """
         while True:
             frame = self._frame_from_buffer()
             if frame is not None:
                 return frame
+            self._check_frame_deadline(time.monotonic())
             try:
                 if self._receive_more() == 0:
                     raise self._eof()
@@ -241,15 +412,27 @@ class FrameSocket:
     def queue(self, frame_type: FrameType, payload: bytes | memoryview = b"") -> None:
         self._out += HEADER.pack(frame_type, len(payload))
         self._out += payload
+        self.frames_sent += 1
 
     def queue_json(self, frame_type: FrameType, obj: dict[str, Any]) -> None:
         self.queue(frame_type, encode_json(obj))
 
     @property
     def buffered(self) -> int:
-        """Received bytes not yet returned as frames (TLS may hold more: sock.pending())."""
+        """Nonzero when poll_frame() can make progress without the socket becoming
+        readable: a whole frame in our buffer, or decrypted bytes TLS holds (which poll()
+        cannot see). Zero for a partial frame: only the socket can complete it, so wait
+        on the socket rather than spin."""
         pending = self.sock.pending() if isinstance(self.sock, ssl.SSLSocket) else 0
-        return self._end - self._start + pending
+        return pending + self._frame_ready()
+
+    def _frame_ready(self) -> bool:
+        """A whole frame, or a header poll_frame() will refuse, is in the buffer."""
+        available = self._end - self._start
+        if available < HEADER.size:
+            return False
+        _, length = HEADER.unpack_from(self._buf, self._start)
+        return available >= HEADER.size + length or length > MAX_DATA
 
     @property
     def queued(self) -> int:

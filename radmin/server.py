@@ -1,7 +1,8 @@
 """The daemon's network core: accept, authenticate, dispatch.
 
     TCP accept -> verify_request (max_connections, in the accept loop)
-      -> Session.setup: TLS 1.3 handshake under a deadline, fingerprint -> client name
+      -> process_request: a thread (or, failing that, the slot back and a close)
+      -> Session.handle: TLS 1.3 handshake under a deadline, fingerprint -> client name
       -> hello -> loop { REQUEST -> OPERATIONS[op] -> RESULT } -> log -> close
 
 `RadminServer` is a `ThreadingTCPServer` used as it was meant to be subclassed: hooks
@@ -26,11 +27,13 @@ from typing import Any
 from radmin import PROTOCOL_VERSION, __version__
 from radmin.config import Config
 from radmin.errors import (
+    BadRequest,
     ConnectionClosed,
     NotAuthorized,
     ProtocolError,
     RadminError,
     RequestError,
+    UnsafeMessage,
 )
 from radmin.identity import fingerprint
 from radmin.log import get_logger
@@ -38,8 +41,9 @@ from radmin.ops import Outcome, Request
 from radmin.ops import exec as exec_op
 from radmin.ops import ping as ping_op
 from radmin.ops import put as put_op
-from radmin.protocol import FrameSocket, FrameType
+from radmin.protocol import Frame, FrameSocket, FrameType, wait_ready
 from radmin.tls import server_context
+from radmin.usage import Usage
 
 SUPPORTED_PROTOCOLS = (PROTOCOL_VERSION,)
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -71,6 +75,7 @@ class DaemonState:
         self.sessions: set[Session] = set()
         self._ids = itertools.count(1)
         self.log = get_logger()
+        self.usage = Usage()  # what each client holds (limits.per_client)
 
     def apply(self, config: Config) -> None:
         """Swap in a validated config; requests already running keep their snapshot."""
@@ -158,6 +163,19 @@ class RadminServer(socketserver.ThreadingTCPServer):
         )
         return False
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the session's thread. If none can start (threads or memory exhausted),
+        give the max_connections slot back and close: socketserver would close the socket
+        but keep the slot, and each such failure would lock one more client out."""
+        try:
+            super().process_request(request, client_address)
+        except Exception as exc:
+            self.state.release()
+            self.state.log.error(
+                "connection_dropped", peer=_peer(client_address), reason=f"no thread: {exc}"
+            )
+            self.shutdown_request(request)
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
@@ -175,10 +193,8 @@ def _peer(address: Any) -> str:
 
 def _wait(sock: socket.socket, for_write: bool, deadline: float, what: str) -> None:
     remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError(f"{what} timed out")
-    readers, writers = ([], [sock]) if for_write else ([sock], [])
-    if not any(select.select(readers, writers, [], remaining)[:2]):
+    events = select.POLLOUT if for_write else select.POLLIN
+    if remaining <= 0 or not wait_ready({sock.fileno(): events}, remaining):
         raise TimeoutError(f"{what} timed out")
 
 
@@ -196,7 +212,13 @@ def tls_handshake(tls: ssl.SSLSocket, deadline: float) -> None:
 
 
 class Session(socketserver.BaseRequestHandler):
-    """One authenticated connection: hello, then requests one after another."""
+    """One connection: TLS handshake, hello, then requests one after another.
+
+    setup() only records and registers the session -- nothing in it can fail -- and all
+    the work, the handshake included, happens in handle(): socketserver runs finish()
+    after handle() whatever happens there, but skips it when setup() raises, which
+    would leave the session registered and its socket open for good.
+    """
 
     server: RadminServer
 
@@ -206,25 +228,10 @@ class Session(socketserver.BaseRequestHandler):
         self.conn: FrameSocket | None = None
         self.requests = 0
         self.busy = False
-        self.sock = self.request
-        self.state.register(self)
-        config, tls_context = self.state.snapshot()
+        self.counted_as: str | None = None  # the client this connection counts against
+        self.sock = self.request  # what finish() closes: TCP until TLS wraps it
         self.log = self.state.log.bind(peer=_peer(self.client_address))
-        deadline = self.started + config.limits.handshake_timeout
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        tls = tls_context.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
-        self.sock = tls
-        try:
-            tls_handshake(tls, deadline)
-        except (OSError, ssl.SSLError) as exc:
-            self.log.warning("handshake_failed", reason=_handshake_reason(exc))
-            _linger_close(tls)
-            return
-        client_fp = fingerprint(tls.getpeercert(binary_form=True))
-        self.log = self.log.bind(fingerprint=client_fp)
-        tls.settimeout(max(deadline - time.monotonic(), 0.001))
-        self.conn = FrameSocket(tls)
-        self.client_fp = client_fp
+        self.state.register(self)
 
     def interrupt(self) -> None:
         """Make any blocked read or poll on this connection return (daemon stopping)."""
@@ -232,8 +239,42 @@ class Session(socketserver.BaseRequestHandler):
             socket.socket.shutdown(self.sock, socket.SHUT_RDWR)  # the TCP socket under TLS
 
     def handle(self) -> None:
-        if self.conn is None:
-            return
+        config, tls_context = self.state.snapshot()
+        self.deadline = self.started + config.limits.handshake_timeout
+        if self._handshake(config, tls_context):
+            self._converse()
+
+    def finish(self) -> None:
+        if self.counted_as is not None:
+            self.state.usage.release(self.counted_as, "connections")
+        self.state.unregister(self)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    # -- the steps ---------------------------------------------------------------------
+
+    def _handshake(self, config: Config, context: ssl.SSLContext) -> bool:
+        """TLS 1.3 under the handshake deadline, then who is it; False (logged) if not."""
+        try:
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls = context.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
+        except OSError as exc:  # the peer is already gone
+            self.log.warning("handshake_failed", reason=_handshake_reason(exc))
+            return False
+        self.sock = tls
+        try:
+            tls_handshake(tls, self.deadline)
+        except (OSError, ssl.SSLError) as exc:
+            self.log.warning("handshake_failed", reason=_handshake_reason(exc))
+            _linger_close(tls)
+            return False
+        self.client_fp = fingerprint(tls.getpeercert(binary_form=True))
+        self.log = self.log.bind(fingerprint=self.client_fp)
+        tls.settimeout(config.limits.handshake_timeout)  # the hello has self.deadline
+        self.conn = FrameSocket(tls, frame_timeout=config.limits.frame_timeout)
+        return True
+
+    def _converse(self) -> None:
         outcome = "closed"
         try:
             self.client_name = self._hello()
@@ -263,19 +304,16 @@ class Session(socketserver.BaseRequestHandler):
                 duration_s=round(time.monotonic() - self.started, 4),
             )
 
-    def finish(self) -> None:
-        self.state.unregister(self)
-        if self.conn is not None:
-            self.conn.close()
-
-    # -- the steps ---------------------------------------------------------------------
-
     def _hello(self) -> str:
-        _, hello = self.conn.recv_json(FrameType.HELLO)
+        """The client's HELLO, whole before the handshake deadline (not per read)."""
+        _, hello = self.conn.recv_json(FrameType.HELLO, deadline=self.deadline)
         config, _ = self.state.snapshot()
         client = config.client_for(self.client_fp)
         if client is None:  # listed when the handshake began, removed by a reload since
             raise NotAuthorized(f"client certificate {self.client_fp} is not authorized")
+        limit = config.limits.per_client.max_connections
+        self.state.usage.acquire(client.name, "connections", limit)
+        self.counted_as = client.name
         offered = hello.get("protocols")
         if not isinstance(offered, list):
             raise ProtocolError("HELLO must list the client's 'protocols'")
@@ -297,8 +335,9 @@ class Session(socketserver.BaseRequestHandler):
         while not self.state.stopping.is_set():
             config, _ = self.state.snapshot()
             self.conn.sock.settimeout(config.limits.idle_timeout)
+            self.conn.frame_timeout = config.limits.frame_timeout
             try:
-                frame_type, message = self.conn.recv_json(FrameType.REQUEST, FrameType.CANCEL)
+                frame = self.conn.recv_control(FrameType.REQUEST, FrameType.CANCEL)
             except ConnectionClosed as exc:
                 if exc.truncated:
                     raise ProtocolError(str(exc)) from None
@@ -309,60 +348,104 @@ class Session(socketserver.BaseRequestHandler):
                 if self.state.stopping.is_set():
                     return "daemon_stopping"
                 raise
-            if frame_type is FrameType.CANCEL:
+            if frame.type is FrameType.CANCEL:
+                frame.json()  # still must be a JSON object
                 continue  # it raced the RESULT of the request it meant to cancel
             self.busy = True
             try:
                 config, _ = self.state.snapshot()  # a reload meanwhile applies to this request
-                self._run_request(config, message)
+                in_step = self._run_request(config, frame)
             finally:
                 self.busy = False
+            if not in_step:
+                return "internal_error"
         return "daemon_stopping"
 
-    def _run_request(self, config: Config, message: dict[str, Any]) -> None:
+    def _run_request(self, config: Config, frame: Frame) -> bool:
+        """Run one request and send its RESULT; False when the stream may be out of step."""
         request_id = self.state.count_request()
         self.requests += 1
-        op_name = message.get("op")
-        log = self.log.bind(request_id=request_id, op=op_name)
-        run_id = message.get("run_id")
-        if isinstance(run_id, str) and RUN_ID.fullmatch(run_id):
-            log = log.bind(run_id=run_id)
+        log = self.log.bind(request_id=request_id)
         started = time.monotonic()
-        client = config.client_for(self.client_fp)
-        operation = OPERATIONS.get(op_name) if isinstance(op_name, str) else None
-        request = Request(
-            op=str(op_name),
-            params=message,
-            client=client,  # type: ignore[arg-type]  # checked first thing below
-            config=config,
-            conn=self.conn,
-            log=log,
-            shutting_down=self.state.stopping,
-        )
-        if client is not None:
-            request.audit["run_as"] = client.run_as
+        mark = (self.conn.frames_received, self.conn.frames_sent)
+        audit: dict[str, Any] = {}
         try:
-            if client is None:
-                raise NotAuthorized("this client is no longer authorized (config reloaded)")
-            if operation is None:
-                raise RequestError(f"unsupported operation {op_name!r}")
-            outcome = operation(request)
+            message = _request_fields(frame)
+            log = _bind_request(log, message)
+            outcome = self._perform(config, message, log, audit)
         except RequestError as exc:
             outcome = Outcome(
                 {"ok": False, "error": exc.code, "message": str(exc)}, after_reply=exc.after_reply
             )
             result = exc.code
         except ConnectionClosed as exc:
-            _audit(log, "disconnected", started, request.audit, {"error": str(exc)})
+            _audit(log, "disconnected", started, audit, {"error": str(exc)})
             raise
+        except (ProtocolError, ConnectionError, TimeoutError, ssl.SSLError):
+            raise  # the peer broke the protocol or the connection failed: _converse ends it
+        except Exception as exc:
+            log.exception("request_crashed", duration_s=round(time.monotonic() - started, 4))
+            return self._answer_crash(config, exc, request_id, mark)
         else:
-            request.audit.update(outcome.log)
+            audit.update(outcome.log)
             outcome = Outcome({"ok": True, **outcome.reply}, after_reply=outcome.after_reply)
             result = "ok"
         self.conn.send_json(FrameType.RESULT, outcome.reply)
-        _audit(log, result, started, request.audit, {"error": outcome.reply.get("message")})
+        _audit(log, result, started, audit, {"error": outcome.reply.get("message")})
         if outcome.after_reply is not None:
             outcome.after_reply()
+        return True
+
+    def _perform(
+        self, config: Config, message: dict[str, Any], log: Any, audit: dict[str, Any]
+    ) -> Outcome:
+        """Who may do what is looked up afresh: a reload may have changed it. `audit`
+        collects what the request's event says, also when it is refused."""
+        op_name = message.get("op")
+        client = config.client_for(self.client_fp)
+        operation = OPERATIONS.get(op_name) if isinstance(op_name, str) else None
+        if client is None:
+            raise NotAuthorized("this client is no longer authorized (config reloaded)")
+        audit["run_as"] = client.run_as
+        if operation is None:
+            raise RequestError(f"unsupported operation {op_name!r}")
+        request = Request(
+            op=op_name,
+            params=message,
+            client=client,
+            config=config,
+            conn=self.conn,
+            log=log,
+            shutting_down=self.state.stopping,
+            audit=audit,
+            usage=self.state.usage,
+        )
+        return operation(request)
+
+    def _answer_crash(
+        self, config: Config, exc: Exception, request_id: int, mark: tuple[int, int]
+    ) -> bool:
+        """Last resort for a bug in an operation (already logged with its traceback).
+
+        The answer is `failed`, not `bad_request`: the daemon cannot tell that the
+        request was at fault. If the operation had exchanged no frame yet the stream is
+        in step and the session goes on; otherwise the client may be streaming data, so
+        the session ends after the RESULT -- or without one, if frames are still queued
+        (one may be half sent).
+        """
+        if self.conn.queued:
+            return False
+        self.conn.sock.settimeout(config.limits.idle_timeout)  # an op may leave it non-blocking
+        self.conn.send_json(
+            FrameType.RESULT,
+            {
+                "ok": False,
+                "error": "failed",
+                "message": f"internal error in the daemon ({type(exc).__name__}); "
+                f"its log has the details (request {request_id})",
+            },
+        )
+        return (self.conn.frames_received, self.conn.frames_sent - 1) == mark
 
     def _send_error(self, code: str, message: str) -> None:
         try:
@@ -382,6 +465,25 @@ def _audit(
     fields = {**audit, **extra, "duration_s": round(time.monotonic() - started, 4)}
     level = log.info if result == "ok" else log.warning
     level("request", outcome=result, **fields)
+
+
+def _bind_request(log: Any, message: dict[str, Any]) -> Any:
+    """op, and the run id a client sends so one fleet-wide action can be collected."""
+    log = log.bind(op=message.get("op"))
+    run_id = message.get("run_id")
+    if isinstance(run_id, str) and RUN_ID.fullmatch(run_id):
+        log = log.bind(run_id=run_id)
+    return log
+
+
+def _request_fields(frame: Frame) -> dict[str, Any]:
+    """A REQUEST's fields. A value no request may hold (NaN, a lone surrogate...) is the
+    client's bad request, not a protocol error: the frame was read whole, the stream is
+    in step, the session goes on."""
+    try:
+        return frame.json()
+    except UnsafeMessage as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _linger_close(sock: socket.socket, seconds: float = 0.25) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Daemon, base_config, client_entry, make_client_home
+from support import Daemon, client_entry, make_client_home, prepare_daemon
 
 from radmin.identity import ClientHome, create_identity
 
@@ -34,11 +34,7 @@ def daemon_factory(tmp_path, server_identity) -> Iterator:
         clients: dict[str, Any] | None = None, umask: int | None = None, **overrides: Any
     ) -> Daemon:
         folder = tmp_path / f"daemon{len(started)}"
-        folder.mkdir()
-        (folder / "uploads").mkdir()
-        config = base_config(server_identity, folder, **overrides)
-        config["clients"] = clients or {}
-        daemon = Daemon(folder, config, umask=umask)
+        daemon = prepare_daemon(folder, server_identity, clients or {}, umask=umask, **overrides)
         started.append(daemon)
         return daemon.start()
 

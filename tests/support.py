@@ -62,6 +62,7 @@ class Daemon:
         config: dict[str, Any],
         env: dict[str, str] | None = None,
         umask: int | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ):
         self.folder = folder
         self.config_path = folder / "radmind.yaml"
@@ -71,6 +72,8 @@ class Daemon:
         self.config = config
         self.env = env  # None: the test runner's environment
         self.umask = umask  # None: the test runner's umask
+        self.preexec_fn = preexec_fn  # runs in the child before exec (e.g. setrlimit)
+        self.program = [RADMIND]  # what runs `run -c CONFIG` (a wrapper may add operations)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.ports: list[int] = []
@@ -83,7 +86,7 @@ class Daemon:
     def start(self, timeout: float = 10.0) -> Daemon:
         self.write_config()
         self.stderr_path.write_text("")
-        argv = [RADMIND, "run", "-c", str(self.config_path)]
+        argv = [*self.program, "run", "-c", str(self.config_path)]
         if self.umask is not None:
             argv = under_umask(self.umask, argv)
         with open(self.stderr_path, "ab") as output:
@@ -93,6 +96,7 @@ class Daemon:
                 stderr=output,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
+                preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -144,6 +148,22 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+
+def prepare_daemon(
+    folder: Path,
+    server_identity: Path,
+    clients: dict[str, Any],
+    umask: int | None = None,
+    **overrides: Any,
+) -> Daemon:
+    """A daemon, not started yet, in `folder` (created, with an uploads/ folder) knowing
+    `clients`. Not started, so a caller can record it for cleanup before `start()`."""
+    folder.mkdir()
+    (folder / "uploads").mkdir()
+    config = base_config(server_identity, folder, **overrides)
+    config["clients"] = clients
+    return Daemon(folder, config, umask=umask)
 
 
 def base_config(server_identity: Path, state_dir: Path, **overrides: Any) -> dict[str, Any]:
@@ -245,3 +265,30 @@ def trust(home: ClientHome, daemon: Daemon) -> list[str]:
         for address in addresses:
             f.write(f"{address} {presented}\n")
     return addresses
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A numeric field of /proc/PID/status (VmRSS in KiB, Threads...)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def restricted_entry(home: ClientHome) -> dict[str, Any]:
+    """A low-privilege client: it may run `echo ...` and upload nothing."""
+    return client_entry(home, exec_allow=("echo *",), put_allow=())
+
+
+def send_request(frames: FrameSocket, payload: bytes) -> dict[str, Any]:
+    """Send one REQUEST frame holding `payload` as is; return the RESULT it gets."""
+    frames.send_frame(FrameType.REQUEST, payload)
+    return frames.recv_json(FrameType.RESULT)[1]
+
+
+def ping_works(frames: FrameSocket) -> bool:
+    return send_request(frames, b'{"op":"ping"}').get("ok") is True

@@ -40,7 +40,7 @@ from radmin import policy
 from radmin.config import ClientPolicy
 from radmin.errors import BadRequest, ConnectionClosed, ProtocolError, RequestError
 from radmin.ops import Outcome, Request
-from radmin.protocol import HIGH_WATER, FrameSocket, FrameType
+from radmin.protocol import HIGH_WATER, FrameSocket, FrameType, wait_ready
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
@@ -184,6 +184,7 @@ def _spawn(
             "user": user.pw_uid,
             "group": user.pw_gid,
             "extra_groups": os.getgrouplist(user.pw_name, user.pw_gid),
+            "preexec_fn": _lower_nofile_in_child,
         }
     try:
         return subprocess.Popen(
@@ -202,20 +203,33 @@ def _spawn(
         raise RequestError(f"cannot start the command: {exc.strerror or exc}") from None
 
 
-def reset_resources(pid: int) -> None:
+def command_nofile() -> tuple[int, int]:
+    """The open-file limit a command gets: soft 1024 (select()-era programs), hard as is."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = COMMAND_NOFILE if hard == resource.RLIM_INFINITY else min(COMMAND_NOFILE, hard)
+    return soft, hard
+
+
+def _lower_nofile_in_child() -> None:  # pragma: no cover - runs between fork and exec
+    resource.setrlimit(resource.RLIMIT_NOFILE, command_nofile())
+
+
+def reset_resources(pid: int, in_child: bool) -> None:
     """What a command starts with is a login's, not the daemon's: the daemon's soft
     open-file limit is raised for thousands of connections and systemd gives it a low
     oom_score_adj so it survives memory pressure; a command gets 1024 and 0.
 
-    Done from the daemon right after the exec, as root (a non-root run_as could not
-    lower a raised oom_score_adj itself): a preexec_fn would cost a full fork of the
-    daemon for every command (measured +4-5 ms), a wrapper program one more exec. The
+    A command of the daemon's own user is adjusted from the daemon right after the exec
+    (a preexec_fn would turn subprocess's vfork into a full fork of the daemon: +4-5 ms
+    per command, measured); one that runs as another user already costs a fork, so its
+    limit is lowered in the child (+1 ms) -- the daemon may lack CAP_SYS_RESOURCE,
+    which prlimit() of another user's process needs. oom_score_adj is written by the
+    daemon (root) either way: a non-root command could not lower a raised value. The
     window is the microseconds before the program's own start-up code runs.
     """
-    with contextlib.suppress(OSError):
-        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        limit = COMMAND_NOFILE if hard == resource.RLIM_INFINITY else min(COMMAND_NOFILE, hard)
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, hard))
+    if not in_child:
+        with contextlib.suppress(OSError):
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, command_nofile())
     with contextlib.suppress(OSError):
         fd = os.open(f"/proc/{pid}/oom_score_adj", os.O_WRONLY)
         try:
@@ -243,7 +257,7 @@ def run(request: Request) -> Outcome:
     limit = config.limits.per_client.max_processes
     with request.usage.hold(client.name, "processes", limit):
         proc = _spawn(plan, executable, command_env(user, params.env), user, cwd)
-        reset_resources(proc.pid)
+        reset_resources(proc.pid, in_child=user.pw_uid != os.geteuid())
         pump = ProcessPump(request.conn, proc, params.timeout, config.limits.idle_timeout)
         try:
             request.conn.send_json(
@@ -516,7 +530,7 @@ class ProcessPump:
         give_up = time.monotonic() + KILL_GRACE
         while self.status is None and time.monotonic() < give_up:
             if self.pidfd is not None:
-                select.select([self.pidfd], [], [], give_up - time.monotonic())
+                wait_ready({self.pidfd: select.POLLIN}, give_up - time.monotonic())
             else:
                 time.sleep(0.02)
             self._check_exit()
