@@ -216,7 +216,11 @@ def test_daemon_holding_1100_connections_still_answers_an_admin_ping(
 ):
     admin = make_client_home(tmp_path / "admin")
     clients = {"low": restricted_entry(client_home), "admin": client_entry(admin)}
-    limits = {"max_connections": HELD + 50, "handshake_timeout": 10}
+    limits = {
+        "max_connections": HELD + 50,
+        "handshake_timeout": 10,
+        "per_client": {"max_connections": HELD},  # one client holds them all here
+    }
     daemon = prepare_daemon(tmp_path / "busy", server_identity, clients, limits=limits)
     daemon.preexec_fn = _soft_fd_limit(1024)
     held: list[FrameSocket] = []
@@ -251,7 +255,11 @@ def test_client_process_with_1100_connections_uses_the_last_one(
 ):
     daemon = daemon_factory(
         {"ops": client_entry(client_home)},
-        limits={"max_connections": HELD + 50, "handshake_timeout": 10},
+        limits={
+            "max_connections": HELD + 50,
+            "handshake_timeout": 10,
+            "per_client": {"max_connections": HELD + 1},
+        },
     )
     cancel_read, cancel_write = os.pipe()  # every wait also watches this (Ctrl-C) pipe
     options = ClientOptions(client_home, cancel_fd=cancel_read)
@@ -300,7 +308,11 @@ def test_400_connections_announcing_1_mib_frames_stay_under_the_memory_bound(
 ):
     daemon = daemon_factory(
         {"low": restricted_entry(client_home)},
-        limits={"max_connections": ANNOUNCERS + 10, "handshake_timeout": 10},
+        limits={
+            "max_connections": ANNOUNCERS + 10,
+            "handshake_timeout": 10,
+            "per_client": {"max_connections": ANNOUNCERS},
+        },
     )
     pid = daemon.proc.pid
     before = proc_status(pid, "VmRSS")
