@@ -61,15 +61,32 @@ def run_parallel(
                 return
             results[index] = one(items[index])
 
-    threads = [
-        threading.Thread(target=worker, daemon=True)
-        for _ in range(min(max(1, parallel), len(items)))
-    ]
+    workers = min(max(1, parallel), len(items))
+    ensure_fd_room(workers)
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     return results
+
+
+FDS_PER_CONNECTION = 4  # the socket, plus a command's stdin pipe and room for files
+_FD_RESERVE = 64  # stdio, the known_hosts and digest files, Python's own
+
+
+def ensure_fd_room(connections: int) -> None:
+    """Raise this process's soft open-file limit (up to the hard one) when a fan-out of
+    this many connections at once could outgrow it: 1024 is common and `-p 1100` is not."""
+    needed = connections * FDS_PER_CONNECTION + _FD_RESERVE
+    if needed <= 1024:
+        return  # the usual soft limit; not even worth the getrlimit() call
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
 
 
 class HostOutcome(namedtuple("HostOutcome", "target kind status error result", defaults=(None,))):

@@ -203,9 +203,11 @@ def run_cli(
     timeout: float = 60,
     env: dict[str, str] | None = None,
     umask: int | None = None,
+    wrapper: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run the real radmin-cli; stdin is empty unless `input` is given."""
-    argv = [RADMIN_CLI, *args]
+    """Run the real radmin-cli (under `wrapper`, e.g. prlimit); stdin is empty unless
+    `input` is given."""
+    argv = [*wrapper, RADMIN_CLI, *args]
     full_env = {k: v for k, v in os.environ.items() if k not in ("RADMIN_HOME", "RADMIN_CONFIG")}
     if home is not None:
         full_env["RADMIN_HOME"] = str(home.path if isinstance(home, ClientHome) else home)

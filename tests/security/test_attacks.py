@@ -20,12 +20,23 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import RADMIND, Daemon, base_config, client_entry, make_client_home, run_cli, trust
+from support import (
+    RADMIND,
+    Daemon,
+    base_config,
+    client_entry,
+    frames_after_hello,
+    make_client_home,
+    run_cli,
+    trust,
+    wait_until,
+)
 
 from radmin.client import ClientOptions, RemoteError, connect
 from radmin.hosts import Target
 from radmin.identity import ClientHome
 from radmin.journal import TEMP_PREFIX
+from radmin.protocol import FrameType
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as run_as nobody")
 
@@ -514,3 +525,30 @@ def test_oversize_command_env_and_path_get_clear_errors(site, tmp_path):
     result = cli(site, "put", str(local), site.host, deep)
     assert result.returncode == 1 and b"Traceback" not in result.stderr
     assert cli(site, "exec", site.host, "echo still-up").stdout == b"still-up\n"
+
+
+@pytest.mark.parametrize("who", ["limited", "admin"])
+def test_folder_renamed_mid_upload_leaves_no_temporary_file(site, who):
+    """The temporary file is removed through the folder's descriptor, wherever the
+    folder went (run_as nobody: the helper child; root: the daemon itself)."""
+    home = site.limited if who == "limited" else site.admin
+    moving = site.area / "pub" / f"moving-{who}"
+    moved = site.area / "pub" / f"moved-{who}"
+    moving.mkdir(mode=0o777)
+    moving.chmod(0o777)
+    frames = frames_after_hello(home, site.daemon.port)
+    dest = moving / "f.bin"
+    frames.send_json(
+        FrameType.REQUEST,
+        {"op": "put", "path": str(dest), "name": "f.bin", "size": 100_000, "sha256": None},
+    )
+    frames.recv_json(FrameType.PROCEED)
+    frames.send_frame(FrameType.FILE_DATA, b"x" * 1000)
+    wait_until(lambda: temp_files_under(moving), timeout=5, what="the temporary file")
+    moving.rename(moved)
+    frames.close()  # the client goes away mid-upload
+    site.daemon.wait_for_event(
+        lambda e: e.get("event") == "request" and e.get("path") == str(dest)
+    )
+    assert temp_files_under(moved) == []
+    assert os.listdir(moved) == []

@@ -9,7 +9,16 @@ import resource
 import time
 
 import pytest
-from support import client_entry, frames_after_hello, make_client_home, run_cli, trust
+import yaml
+from support import (
+    client_entry,
+    frames_after_hello,
+    make_client_home,
+    open_fds,
+    run_cli,
+    trust,
+    wait_until,
+)
 
 from radmin.client import ClientOptions, RemoteError, connect
 from radmin.hosts import Target
@@ -158,3 +167,71 @@ def test_commands_start_with_oom_score_adj_0_and_1024_open_files(
     assert result.stdout == f"0\n{min(1024, hard)}\n".encode()
     with open(f"/proc/{pid}/oom_score_adj") as f:
         assert f.read().strip() == "300"  # the daemon keeps its own
+
+
+CONCURRENT = 300
+
+
+def test_300_concurrent_execs_of_one_client_leave_an_admin_ping_fast_and_no_fd_behind(
+    daemon_factory, client_home, tmp_path
+):
+    """The attack that once broke select(): a low-privilege client holds 300 running
+    `cat`s (four descriptors each, past 1024). With its limits raised that far, the
+    daemon still answers an admin at once and gives every descriptor back."""
+    admin = make_client_home(tmp_path / "admin")
+    daemon = daemon_factory(
+        {"ops": client_entry(client_home, exec_allow=("cat",)), "admin": client_entry(admin)},
+        limits={
+            "handshake_timeout": 10,
+            "per_client": {"max_connections": CONCURRENT, "max_processes": CONCURRENT},
+        },
+    )
+    trust(admin, daemon)
+    baseline = open_fds(daemon.proc.pid)
+    held = []
+    for _ in range(CONCURRENT):
+        frames = frames_after_hello(client_home, daemon.port)
+        frames.send_json(
+            FrameType.REQUEST, {"op": "exec", "command": "cat", "env": {}, "stdin": True}
+        )
+        assert frames.recv_json(FrameType.PROCEED, FrameType.RESULT)[0] is FrameType.PROCEED
+        held.append(frames)
+    assert open_fds(daemon.proc.pid) > 1024
+    started = time.monotonic()
+    ping = run_cli(admin, "ping", daemon.address)
+    elapsed = time.monotonic() - started
+    assert ping.returncode == 0, ping.stderr
+    assert elapsed < 1.0, elapsed
+    for frames in held:
+        frames.close()
+    wait_until(
+        lambda: open_fds(daemon.proc.pid) == baseline,
+        timeout=30,
+        what=f"the daemon's descriptors back to {baseline}",
+    )
+
+
+def test_a_wide_fan_out_raises_the_clients_own_open_file_limit(
+    daemon_factory, client_home, tmp_path
+):
+    """radmin-cli started with a soft limit of 256 runs 300 hosts at once."""
+    daemon = daemon_factory(
+        {"ops": client_entry(client_home)},
+        limits={
+            "handshake_timeout": 10,
+            "per_client": {"max_connections": CONCURRENT, "max_processes": CONCURRENT},
+        },
+    )
+    trust(client_home, daemon)
+    aliases = {f"h{i}": daemon.address for i in range(CONCURRENT)}
+    (client_home.path / "config.yaml").write_text(yaml.safe_dump({"hosts": aliases}))
+    result = run_cli(
+        client_home,
+        "exec",
+        "-p",
+        str(CONCURRENT),
+        ",".join(aliases),
+        "sleep 1",
+        wrapper=("prlimit", "--nofile=256:8192", "--"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
