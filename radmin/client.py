@@ -73,8 +73,12 @@ class ClientOptions:
         connect_timeout: float = 10.0,
         warn: Callable[[str], None] | None = None,
         cancel_fd: int | None = None,
+        run_id: str | None = None,
     ):
         self.home = home
+        # Sent with every request, so one fleet-wide action can be found in every
+        # daemon's log (interface.md: "Run id").
+        self.run_id = run_id
         self.strict_host_key = strict_host_key
         self.host_fingerprint = host_fingerprint
         self.connect_timeout = connect_timeout
@@ -352,6 +356,8 @@ class Connection:
 
     def request(self, op: str, **params: Any) -> None:
         """Send a REQUEST (and collect the hello answer if it is still pending)."""
+        if self.options.run_id is not None:
+            params["run_id"] = self.options.run_id
         self._send_json(FrameType.REQUEST, {"op": op, **params})
         self._finish_hello()
 
