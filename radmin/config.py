@@ -365,6 +365,12 @@ SCHEMA: Schema = {
             "Seconds in-flight requests get to finish after SIGTERM.",
             "30",
         ),
+        "kill_grace": Setting(
+            _positive(float),
+            2.0,
+            "Seconds a command's process group has between SIGTERM and SIGKILL.",
+            "2",
+        ),
         "upload_stall_timeout": Setting(
             _positive(float),
             60.0,
@@ -456,6 +462,7 @@ class Limits:
     exec_timeout: float
     max_put_size: int
     shutdown_grace: float
+    kill_grace: float
     upload_stall_timeout: float
     per_client: PerClientLimits
 

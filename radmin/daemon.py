@@ -24,7 +24,6 @@ from radmin.errors import ConfigError
 from radmin.identity import cert_file_fingerprint
 from radmin.log import configure as configure_logging
 from radmin.log import get_logger
-from radmin.ops.exec import KILL_GRACE
 from radmin.sdnotify import Notifier
 from radmin.server import DaemonState, RadminServer
 
@@ -258,7 +257,7 @@ class Daemon:
         if not finished:
             self.log.warning("ending_requests", after_s=grace, connections=state.connections)
             state.close_all_sessions()
-            self._wait_for_sessions(KILL_GRACE + 3)
+            self._wait_for_sessions(state.config.limits.kill_grace + 3)
         self.log.info("stopped", requests_served=state.requests_served, ended_early=not finished)
 
     def _wait_for_sessions(self, seconds: float) -> bool:

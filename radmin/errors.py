@@ -48,8 +48,6 @@ class RequestError(RadminError):
     """
 
     code = "failed"
-    # Set by an operation that must bring the stream back in step after the RESULT.
-    after_reply = None
 
 
 class BadRequest(RequestError):
@@ -70,12 +68,62 @@ class NotAuthorized(RequestError):
     code = "not_authorized"
 
 
+# -- the client's side: one hierarchy, mapped from socket/TLS errors in one place --------
+# (radmin/client/connection.py, `transport_error`), so API users branch on types and
+# never on message text.
+
+
 class TransportError(RadminError):
     """The client could not reach, authenticate or speak to a host (exit status 255)."""
 
 
-class HostKeyError(TransportError):
+class Unreachable(TransportError):
+    """No TCP connection: the name does not resolve, the port refuses, no route."""
+
+
+class ConnectTimeout(TransportError):
+    """TCP connect + TLS + hello did not finish within the connect timeout."""
+
+
+class ReplyTimeout(TransportError):
+    """Connected, but the daemon did not answer in time."""
+
+
+class TrustError(TransportError):
+    """TLS could not be established, or one side did not accept the other's identity."""
+
+
+class HostKeyError(TrustError):
     """The daemon's fingerprint is unknown (strict mode), changed or not the pinned one."""
+
+
+class NotAuthorizedByDaemon(TrustError):
+    """The daemon does not list this client's certificate (or no longer does)."""
+
+
+class RemoteProtocolError(TransportError):
+    """The daemon sent something that is not radmin protocol, or reported an ERROR."""
+
+
+class ConnectionLost(TransportError):
+    """The connection broke (reset, EOF) in the middle of a request."""
+
+
+class RemoteError(RadminError):
+    """The daemon refused or failed a request: `code` is denied, bad_request, limit,
+    not_authorized or failed (exit status 126 for exec, 1 otherwise)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class Cancelled(RadminError):
+    """The user pressed Ctrl-C (the options' cancel fd became readable)."""
+
+
+class LocalFileError(RadminError):
+    """A local file could not be read or written as a transfer needs (exit status 1)."""
 
 
 class ConfigError(RadminError):
@@ -84,3 +132,14 @@ class ConfigError(RadminError):
     def __init__(self, problems: list[str]):
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class CommandFailed(RadminError):
+    """`run(..., check=True)`: the command exited non-zero (subprocess's
+    CalledProcessError); `result` is the ExecResult with its output."""
+
+    def __init__(self, command: str, result: object):
+        status = getattr(result, "returncode", "?")
+        super().__init__(f"command {command!r} exited with status {status}")
+        self.command = command
+        self.result = result

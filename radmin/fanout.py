@@ -13,7 +13,7 @@ from collections import namedtuple
 from collections.abc import Callable, Sequence
 
 from radmin.client import Cancelled, ClientOptions, ExecResult, PutResult, RemoteError, connect
-from radmin.errors import TransportError
+from radmin.errors import LocalFileError, TransportError
 from radmin.hosts import Target
 
 # Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
@@ -191,8 +191,8 @@ def put_on_host(
         return cancelled(target)
     except RemoteError as exc:
         return HostOutcome(target, FAILED, 1, f"{exc.code}: {exc}")
-    except OSError as exc:
-        return HostOutcome(target, FAILED, 1, f"{local_path}: {exc.strerror}")
+    except LocalFileError as exc:
+        return HostOutcome(target, FAILED, 1, str(exc))
     return HostOutcome(target, CHANGED if result.status == CHANGED else UNCHANGED, 0, None, result)
 
 

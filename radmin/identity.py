@@ -253,38 +253,56 @@ class KnownHosts:
     def __init__(self, path: Path):
         self.path = path
         self._lock = threading.Lock()
+        self._parsed: dict[str, tuple[str, int]] | None = None  # read once per run
+        self._line_count = 0
 
     def _entries(self) -> dict[str, tuple[str, int]]:
+        """The file's entries, parsed once per instance (a fan-out shares one): 1,000
+        hosts must not parse a 1,000-line file 1,000 times."""
+        if self._parsed is not None:
+            return self._parsed
         entries: dict[str, tuple[str, int]] = {}
         try:
             text = self.path.read_text()
         except FileNotFoundError:
-            return entries
-        for lineno, line in enumerate(text.splitlines(), 1):
+            text = ""
+        lines = text.splitlines()
+        for lineno, line in enumerate(lines, 1):
             words = line.split()
             if len(words) >= 2 and not words[0].startswith("#"):
                 entries.setdefault(words[0], (words[1], lineno))
+        self._parsed, self._line_count = entries, len(lines)
         return entries
 
-    def verify(self, host_port: str, presented: str, strict: bool) -> bool:
-        """Accept a known match; record a new host unless strict. True if recorded now."""
+    def check(self, host_port: str, presented: str, strict: bool) -> bool:
+        """Accept a known match (False); raise on a changed key, or an unknown one in
+        strict mode; True for a new host, to `record` once it has proven it is radmind."""
         with self._lock:
             known = self._entries().get(host_port)
-            if known is not None:
-                expected, lineno = known
-                if expected == presented:
-                    return False
-                raise HostKeyError(
-                    f"WARNING: HOST KEY CHANGED for {host_port}! The daemon presented "
-                    f"{presented} but {self.path}:{lineno} says {expected}. Someone may be "
-                    f"impersonating the host, or its key was replaced; if you know it was, "
-                    f"remove line {lineno} of {self.path} and connect again"
-                )
-            if strict:
-                raise HostKeyError(
-                    f"host key for {host_port} is not in {self.path} and --strict-host-key "
-                    f"is set (the daemon presented {presented})"
-                )
+        if known is not None:
+            expected, lineno = known
+            if expected == presented:
+                return False
+            raise HostKeyError(
+                f"WARNING: HOST KEY CHANGED for {host_port}! The daemon presented "
+                f"{presented} but {self.path}:{lineno} says {expected}. Someone may be "
+                f"impersonating the host, or its key was replaced; if you know it was, "
+                f"remove line {lineno} of {self.path} and connect again"
+            )
+        if strict:
+            raise HostKeyError(
+                f"host key for {host_port} is not in {self.path} and --strict-host-key "
+                f"is set (the daemon presented {presented})"
+            )
+        return True
+
+    def record(self, host_port: str, presented: str) -> bool:
+        """Append `host_port presented` unless a line for it appeared meanwhile; True if
+        written (the caller warns, as ssh's accept-new does)."""
+        with self._lock:
+            entries = self._entries()
+            if host_port in entries:
+                return False
             self.path.parent.mkdir(mode=IDENTITY_DIR_MODE, parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             with os.fdopen(fd, "r+b") as f:
@@ -292,4 +310,10 @@ class KnownHosts:
                 # A hand-edited file may lack its final newline: never glue two entries.
                 needs_newline = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
                 f.write(b"\n" * needs_newline + f"{host_port} {presented}\n".encode())
+            self._line_count += 1  # as far as this run knows: others may append too
+            entries[host_port] = (presented, self._line_count)
             return True
+
+    def verify(self, host_port: str, presented: str, strict: bool) -> bool:
+        """check, then record a new host at once; True if recorded now."""
+        return self.check(host_port, presented, strict) and self.record(host_port, presented)

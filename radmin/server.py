@@ -42,7 +42,7 @@ from radmin.ops import exec as exec_op
 from radmin.ops import ping as ping_op
 from radmin.ops import put as put_op
 from radmin.protocol import Frame, FrameSocket, FrameType, wait_ready
-from radmin.tls import server_context
+from radmin.tls import handshake, server_context
 from radmin.usage import Usage
 
 SUPPORTED_PROTOCOLS = (PROTOCOL_VERSION,)
@@ -198,19 +198,6 @@ def _wait(sock: socket.socket, for_write: bool, deadline: float, what: str) -> N
         raise TimeoutError(f"{what} timed out")
 
 
-def tls_handshake(tls: ssl.SSLSocket, deadline: float) -> None:
-    """Handshake with a total deadline (a socket timeout would bound each read only)."""
-    tls.setblocking(False)
-    while True:
-        try:
-            tls.do_handshake()
-            return
-        except ssl.SSLWantReadError:
-            _wait(tls, False, deadline, "TLS handshake")
-        except ssl.SSLWantWriteError:
-            _wait(tls, True, deadline, "TLS handshake")
-
-
 class Session(socketserver.BaseRequestHandler):
     """One connection: TLS handshake, hello, then requests one after another.
 
@@ -263,7 +250,7 @@ class Session(socketserver.BaseRequestHandler):
             return False
         self.sock = tls
         try:
-            tls_handshake(tls, self.deadline)
+            handshake(tls, lambda for_write: _wait(tls, for_write, self.deadline, "TLS handshake"))
         except (OSError, ssl.SSLError) as exc:
             self.log.warning("handshake_failed", reason=_handshake_reason(exc))
             _linger_close(tls)
@@ -374,10 +361,7 @@ class Session(socketserver.BaseRequestHandler):
             log = _bind_request(log, message)
             outcome = self._perform(config, message, log, audit)
         except RequestError as exc:
-            outcome = Outcome(
-                {"ok": False, "error": exc.code, "message": str(exc)}, after_reply=exc.after_reply
-            )
-            result = exc.code
+            outcome = Outcome.failure(exc, after_reply=None)
         except ConnectionClosed as exc:
             _audit(log, "disconnected", started, audit, {"error": str(exc)})
             raise
@@ -386,12 +370,10 @@ class Session(socketserver.BaseRequestHandler):
         except Exception as exc:
             log.exception("request_crashed", duration_s=round(time.monotonic() - started, 4))
             return self._answer_crash(config, exc, request_id, mark)
-        else:
-            audit.update(outcome.log)
-            outcome = Outcome({"ok": True, **outcome.reply}, after_reply=outcome.after_reply)
-            result = "ok"
-        self.conn.send_json(FrameType.RESULT, outcome.reply)
-        _audit(log, result, started, audit, {"error": outcome.reply.get("message")})
+        audit.update(outcome.log)
+        reply = outcome.result_frame()
+        self.conn.send_json(FrameType.RESULT, reply)
+        _audit(log, outcome.error or "ok", started, audit, {"error": reply.get("message")})
         if outcome.after_reply is not None:
             outcome.after_reply()
         return True

@@ -13,6 +13,7 @@ Trust is by fingerprint, not by certificate authority:
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 _NO_CHECK_TIME = 0x200000  # X509_V_FLAG_NO_CHECK_TIME; Python's ssl has no name for it
@@ -48,3 +49,18 @@ def client_context(key: Path, cert: Path) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_NONE
     ctx.load_cert_chain(cert, key)
     return ctx
+
+
+def handshake(tls: ssl.SSLSocket, wait: Callable[[bool], None]) -> None:
+    """Drive a non-blocking TLS handshake to its end; `wait(for_write)` blocks until the
+    socket is ready and raises at the caller's deadline (a socket timeout would bound
+    each read only, not the handshake)."""
+    tls.setblocking(False)
+    while True:
+        try:
+            tls.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            wait(False)
+        except ssl.SSLWantWriteError:
+            wait(True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radmin.config import ClientPolicy, Config
+from radmin.errors import RequestError
 from radmin.protocol import FrameSocket
 from radmin.usage import Usage
 
@@ -43,3 +44,16 @@ class Outcome:
     # Runs once the RESULT is sent, to bring the stream back in step (e.g. discard input
     # the client sent before it saw the RESULT).
     after_reply: Callable[[], None] | None = None
+    # The RequestError code when the operation failed after it had started streaming
+    # (the RESULT says ok: false, and after_reply still runs).
+    error: str | None = None
+
+    @classmethod
+    def failure(cls, exc: RequestError, after_reply: Callable[[], None] | None) -> Outcome:
+        return cls({"message": str(exc)}, after_reply=after_reply, error=exc.code)
+
+    def result_frame(self) -> dict[str, Any]:
+        """The RESULT's fields: the reply, with ok and (for a failure) the error code."""
+        if self.error is not None:
+            return {"ok": False, "error": self.error, **self.reply}
+        return {"ok": True, **self.reply}

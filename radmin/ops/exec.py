@@ -37,13 +37,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from radmin import policy
-from radmin.config import ClientPolicy
+from radmin.config import ClientPolicy, Limits
 from radmin.errors import BadRequest, ConnectionClosed, ProtocolError, RequestError
 from radmin.ops import Outcome, Request
 from radmin.protocol import HIGH_WATER, FrameSocket, FrameType, wait_ready
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 STDIN_WINDOW = 1024 * 1024  # stdin bytes a client may send ahead of the command's reads
 READ_SIZE = 64 * 1024
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -258,7 +257,7 @@ def run(request: Request) -> Outcome:
     with request.usage.hold(client.name, "processes", limit):
         proc = _spawn(plan, executable, command_env(user, params.env), user, cwd)
         reset_resources(proc.pid, in_child=user.pw_uid != os.geteuid())
-        pump = ProcessPump(request.conn, proc, params.timeout, config.limits.idle_timeout)
+        pump = ProcessPump(request.conn, proc, params.timeout, config.limits)
         try:
             request.conn.send_json(
                 FrameType.PROCEED, {"pid": proc.pid, "stdin_window": STDIN_WINDOW}
@@ -307,13 +306,14 @@ class ProcessPump:
     """Moves bytes between one process and one client until the process is done."""
 
     def __init__(
-        self, conn: FrameSocket, proc: subprocess.Popen[bytes], timeout: float, idle_timeout: float
+        self, conn: FrameSocket, proc: subprocess.Popen[bytes], timeout: float, limits: Limits
     ):
         self.conn = conn
         self.proc = proc
         self.started = time.monotonic()
         self.deadline = self.started + timeout
-        self.idle_timeout = idle_timeout
+        self.idle_timeout = limits.idle_timeout
+        self.kill_grace = limits.kill_grace  # seconds between SIGTERM and SIGKILL
         assert proc.stdin and proc.stdout and proc.stderr
         self.outputs = {
             proc.stdout.fileno(): (proc.stdout, FrameType.STDOUT),
@@ -516,7 +516,7 @@ class ProcessPump:
     def _start_kill(self) -> None:
         if self.kill_at is None and self.abandon_at is None:
             self._killpg(signal.SIGTERM)
-            self.kill_at = time.monotonic() + KILL_GRACE
+            self.kill_at = time.monotonic() + self.kill_grace
 
     def _killpg(self, signum: int) -> None:
         try:
@@ -525,9 +525,9 @@ class ProcessPump:
             pass
 
     def terminate_group(self) -> None:
-        """SIGTERM the group, give it KILL_GRACE to go, SIGKILL what is left, reap."""
+        """SIGTERM the group, give it kill_grace to go, SIGKILL what is left, reap."""
         self._killpg(signal.SIGTERM)
-        give_up = time.monotonic() + KILL_GRACE
+        give_up = time.monotonic() + self.kill_grace
         while self.status is None and time.monotonic() < give_up:
             if self.pidfd is not None:
                 wait_ready({self.pidfd: select.POLLIN}, give_up - time.monotonic())

@@ -232,9 +232,11 @@ def _put_into(
     try:
         upload.receive()
     except TransferFailed as exc:
-        if upload.proceeded:  # the client is streaming: keep the connection in step
-            exc.after_reply = upload.discard_rest
-        raise
+        if not upload.proceeded:
+            raise
+        # The client is streaming: answer now, then keep the connection in step.
+        request.audit.update(path=params.path, bytes=upload.received)
+        return Outcome.failure(exc, after_reply=upload.discard_rest)
     fields.update(path=params.path, bytes=params.size, sha256=upload.sha256)
     return _outcome("changed", fields)
 
