@@ -294,3 +294,37 @@ def send_request(frames: FrameSocket, payload: bytes) -> dict[str, Any]:
 
 def ping_works(frames: FrameSocket) -> bool:
     return send_request(frames, b'{"op":"ping"}').get("ok") is True
+
+
+def expired_identity(folder: Path) -> Path:
+    """A folder with identity.key (0600) and a self-signed Ed25519 identity.crt that
+    expired yesterday (radmin's own certificates never expire)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import NameOID
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"expired {os.urandom(8).hex()}")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=30))
+        .not_valid_after(now - datetime.timedelta(days=1))
+        .sign(key, None)
+    )
+    folder.mkdir(parents=True)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(folder / "identity.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    (folder / "identity.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return folder

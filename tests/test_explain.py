@@ -6,7 +6,6 @@ daemon enforcing the same verdicts.
 
 from __future__ import annotations
 
-import datetime
 import re
 import shlex
 import shutil
@@ -14,11 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
-from support import RADMIND, make_client_home
+from support import RADMIND, expired_identity, make_client_home
 
 CONFIG = """\
 listen: ["127.0.0.1:7420"]
@@ -136,21 +131,9 @@ def test_check_warns_on_stderr_and_still_prints_ok(config, tmp_path):
     assert "as powerful as user 'nobody'" in warnings
 
 
-def test_check_warns_about_a_certificate_past_its_date(config):
-    key = ed25519.Ed25519PrivateKey.generate()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "radmin-cli old")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=30))
-        .not_valid_after(now - datetime.timedelta(days=1))
-        .sign(key, None)
-    )
-    (config.parent / "clients" / "web.crt").write_bytes(cert.public_bytes(Encoding.PEM))
+def test_check_warns_about_a_certificate_past_its_date(config, tmp_path):
+    old = expired_identity(tmp_path / "old")
+    shutil.copy(old / "identity.crt", config.parent / "clients" / "web.crt")
     result = check(config)
     assert result.returncode == 0 and result.stdout == "ok\n"
     assert "clients.web.cert: warning: certificate expired on" in result.stderr

@@ -7,6 +7,8 @@ a `RequestError` -- it never writes the RESULT frame itself.
 
 from __future__ import annotations
 
+import os
+import pwd
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,3 +59,13 @@ class Outcome:
         if self.error is not None:
             return {"ok": False, "error": self.error, **self.reply}
         return {"ok": True, **self.reply}
+
+
+def run_as_user(run_as: str | None) -> pwd.struct_passwd:
+    """The user a client's commands and files belong to: its run_as, else the daemon's."""
+    if run_as is None:
+        return pwd.getpwuid(os.geteuid())
+    try:
+        return pwd.getpwnam(run_as)
+    except KeyError:
+        raise RequestError(f"run_as user {run_as!r} does not exist on this host") from None

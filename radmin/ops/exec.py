@@ -39,7 +39,7 @@ from typing import Any
 from radmin import policy
 from radmin.config import ClientPolicy, Limits
 from radmin.errors import BadRequest, ConnectionClosed, ProtocolError, RequestError
-from radmin.ops import Outcome, Request
+from radmin.ops import Outcome, Request, run_as_user
 from radmin.protocol import HIGH_WATER, FrameSocket, FrameType, wait_ready
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -123,15 +123,6 @@ def cwd_verdict(client: ClientPolicy, cwd: str) -> policy.Verdict:
     if ".." in cwd.split("/"):
         return policy.Verdict(False, None, "--cwd must not contain '..'")
     return policy.path_verdict(client.allow_cwd, "cwd", posixpath.normpath(cwd))
-
-
-def target_user(run_as: str | None) -> pwd.struct_passwd:
-    if run_as is None:
-        return pwd.getpwuid(os.geteuid())
-    try:
-        return pwd.getpwnam(run_as)
-    except KeyError:
-        raise RequestError(f"run_as user {run_as!r} does not exist on this host") from None
 
 
 def working_directory(client: ClientPolicy, requested: str | None, user: pwd.struct_passwd) -> str:
@@ -247,7 +238,7 @@ def run(request: Request) -> Outcome:
     request.audit["rule"] = plan.rule
     if not plan.shell:
         request.audit["argv"] = plan.argv
-    user = target_user(client.run_as)
+    user = run_as_user(client.run_as)
     cwd = working_directory(client, params.cwd, user)
     request.audit.update(cwd=cwd, run_as=user.pw_name)
     executable = resolve_program(plan)

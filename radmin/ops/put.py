@@ -30,7 +30,7 @@ from typing import Any
 from radmin import journal, policy, userfiles
 from radmin.errors import BadRequest, ConnectionClosed, PolicyDenied, ProtocolError, RequestError
 from radmin.hashing import DigestCache, fd_sha256
-from radmin.ops import Outcome, Request
+from radmin.ops import Outcome, Request, run_as_user
 from radmin.protocol import FrameSocket, FrameType
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -180,15 +180,6 @@ def target_metadata(
     return Metadata(mode, uid, gid)
 
 
-def target_user(run_as: str | None) -> pwd.struct_passwd:
-    if run_as is None:
-        return pwd.getpwuid(os.geteuid())
-    try:
-        return pwd.getpwnam(run_as)
-    except KeyError:
-        raise RequestError(f"run_as user {run_as!r} does not exist on this host") from None
-
-
 # -- the operation ----------------------------------------------------------------------
 
 
@@ -197,7 +188,7 @@ def run(request: Request) -> Outcome:
     verdict = policy.path_verdict(request.client.allow_put, "put", params.path)
     request.audit.update(path=params.path, size=params.size, rule=verdict.rule)
     verdict.enforce()
-    user = target_user(request.client.run_as)
+    user = run_as_user(request.client.run_as)
     request.audit["run_as"] = user.pw_name
     check_requested_metadata(params, user)
     limit = request.config.limits.per_client.max_uploads

@@ -15,7 +15,6 @@ accepted with the right key: its refusals are the key's doing, not the library's
 
 from __future__ import annotations
 
-import datetime
 import os
 import random
 import socket
@@ -31,12 +30,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.x509.oid import NameOID
 from support import (
     RADMIND,
     Daemon,
     base_config,
     client_entry,
+    expired_identity,
     make_client_home,
     run_cli,
     wait_until,
@@ -81,37 +80,6 @@ class Target:
 def open_fds(daemon: Daemon) -> int:
     assert daemon.proc is not None
     return len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
-
-
-def write_identity(folder: Path, key: ed25519.Ed25519PrivateKey, cert: x509.Certificate) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "identity.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (folder / "identity.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return folder
-
-
-def expired_identity(folder: Path) -> Path:
-    """A self-signed Ed25519 identity whose certificate expired yesterday."""
-    key = ed25519.Ed25519PrivateKey.generate()
-    now = datetime.datetime.now(datetime.timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"expired {os.urandom(8).hex()}")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=30))
-        .not_valid_after(now - datetime.timedelta(days=1))
-        .sign(key, None)
-    )
-    return write_identity(folder, key, cert)
 
 
 @pytest.fixture(scope="module")
@@ -405,7 +373,6 @@ def test_a_listed_certificate_that_has_expired_is_accepted_and_check_warns(targe
     """Trust is the pinned certificate, not its dates (issue: least privilege, check):
     a listed client whose certificate expired is still that client; `check` says so."""
     expired = ClientHome(target.expired_listed)
-    expired.key.chmod(0o600)
     ping = run_cli(expired, "ping", target.daemon.address)
     assert ping.returncode == 0, ping.stderr
     assert b"old" in ping.stdout  # the daemon knows it by its listed name
