@@ -17,8 +17,10 @@ import resource
 import signal
 import threading
 import time
+from typing import Any
 
 from radmin import __version__, journal
+from radmin.addresses import format_host_port
 from radmin.config import Config, load_config
 from radmin.errors import ConfigError
 from radmin.identity import cert_file_fingerprint
@@ -60,9 +62,9 @@ def _nr_open() -> int:
         return 1024 * 1024
 
 
-def _address_text(address: tuple[str, int]) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _address_text(address: Any) -> str:
+    """A bound socket's address (socketserver types it loosely) as host:port."""
+    return format_host_port(str(address[0]), int(address[1]))
 
 
 class Daemon:

@@ -99,7 +99,7 @@ def _await_readiness(read_end: int) -> int:
 
 
 def _daemon_main(pid_file: PidFile, ready_fd: int, start: Callable[[], Callable[[], None]]) -> None:
-    import daemon  # python-daemon; only the detaching path needs it
+    import daemon  # type: ignore[import-untyped]  # python-daemon; only --detach needs it
 
     context = daemon.DaemonContext(pidfile=pid_file, files_preserve=[ready_fd], umask=0o022)
     try:

@@ -51,7 +51,7 @@ class JournalEntry:
 
 def recover(state_dir: Path) -> list[str]:
     """Delete the temporary files named by leftover records; return what was removed."""
-    removed = []
+    removed: list[str] = []
     folder = inflight_dir(state_dir)
     if not folder.is_dir():
         return removed

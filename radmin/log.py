@@ -89,7 +89,7 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(_destination),
+        logger_factory=structlog.PrintLoggerFactory(_destination),  # type: ignore[arg-type]  # a file-like proxy
         cache_logger_on_first_use=False,
     )
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Mapping
 
 
 class Notifier:
-    def __init__(self, environ: dict[str, str] | None = None):
+    def __init__(self, environ: Mapping[str, str] | None = None):
         env = os.environ if environ is None else environ
         address = env.get("NOTIFY_SOCKET", "")
         self.address = "\0" + address[1:] if address.startswith("@") else address
@@ -49,7 +50,7 @@ class Notifier:
         self.notify("WATCHDOG=1")
 
 
-def _watchdog_interval(env: dict[str, str]) -> float | None:
+def _watchdog_interval(env: Mapping[str, str]) -> float | None:
     """Seconds between WATCHDOG=1 pings (half of WatchdogSec), or None if not asked for."""
     try:
         usec = int(env.get("WATCHDOG_USEC", ""))

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from radmin import PROTOCOL_VERSION, __version__
+from radmin.addresses import format_host_port
 from radmin.config import Config
 from radmin.errors import (
     BadRequest,
@@ -187,8 +188,7 @@ class RadminServer(socketserver.ThreadingTCPServer):
 
 
 def _peer(address: Any) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_host_port(str(address[0]), int(address[1]))
 
 
 def _wait(sock: socket.socket, for_write: bool, deadline: float, what: str) -> None:
@@ -212,7 +212,7 @@ class Session(socketserver.BaseRequestHandler):
     def setup(self) -> None:
         self.state = self.server.state
         self.started = time.monotonic()
-        self.conn: FrameSocket | None = None
+        self.client_fp = ""  # known once the handshake is done
         self.requests = 0
         self.busy = False
         self.counted_as: str | None = None  # the client this connection counts against
@@ -228,8 +228,9 @@ class Session(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         config, tls_context = self.state.snapshot()
         self.deadline = self.started + config.limits.handshake_timeout
-        if self._handshake(config, tls_context):
-            self._converse()
+        conn = self._handshake(config, tls_context)
+        if conn is not None:
+            self._converse(conn)
 
     def finish(self) -> None:
         if self.counted_as is not None:
@@ -240,43 +241,43 @@ class Session(socketserver.BaseRequestHandler):
 
     # -- the steps ---------------------------------------------------------------------
 
-    def _handshake(self, config: Config, context: ssl.SSLContext) -> bool:
-        """TLS 1.3 under the handshake deadline, then who is it; False (logged) if not."""
+    def _handshake(self, config: Config, context: ssl.SSLContext) -> FrameSocket | None:
+        """TLS 1.3 under the handshake deadline, then who is it: the authenticated
+        connection, or None (logged) if there is none."""
         try:
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             tls = context.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
         except OSError as exc:  # the peer is already gone
             self.log.warning("handshake_failed", reason=_handshake_reason(exc))
-            return False
+            return None
         self.sock = tls
         try:
             handshake(tls, lambda for_write: _wait(tls, for_write, self.deadline, "TLS handshake"))
         except (OSError, ssl.SSLError) as exc:
             self.log.warning("handshake_failed", reason=_handshake_reason(exc))
             _linger_close(tls)
-            return False
-        self.client_fp = fingerprint(tls.getpeercert(binary_form=True))
+            return None
+        self.client_fp = fingerprint(tls.getpeercert(binary_form=True) or b"")
         self.log = self.log.bind(fingerprint=self.client_fp)
         tls.settimeout(config.limits.handshake_timeout)  # the hello has self.deadline
-        self.conn = FrameSocket(tls, frame_timeout=config.limits.frame_timeout)
-        return True
+        return FrameSocket(tls, frame_timeout=config.limits.frame_timeout)
 
-    def _converse(self) -> None:
+    def _converse(self, conn: FrameSocket) -> None:
         outcome = "closed"
         try:
-            self.client_name = self._hello()
-            outcome = self._serve_requests()
+            self.client_name = self._hello(conn)
+            outcome = self._serve_requests(conn)
         except ProtocolError as exc:
             outcome = "protocol_error"
             self.log.warning("protocol_error", error=str(exc))
-            self._send_error("protocol", str(exc))
+            self._send_error(conn, "protocol", str(exc))
         except ConnectionClosed as exc:
             outcome = "disconnected"
             self.log.info("disconnected", reason=str(exc))
         except RequestError as exc:  # refused at hello: not (or no longer) listed
             outcome = "refused"
             self.log.warning("client_refused", reason=str(exc))
-            self._send_error(exc.code, str(exc))
+            self._send_error(conn, exc.code, str(exc))
         except TimeoutError:
             outcome = "timeout"
             self.log.info("connection_timeout")
@@ -291,9 +292,9 @@ class Session(socketserver.BaseRequestHandler):
                 duration_s=round(time.monotonic() - self.started, 4),
             )
 
-    def _hello(self) -> str:
+    def _hello(self, conn: FrameSocket) -> str:
         """The client's HELLO, whole before the handshake deadline (not per read)."""
-        _, hello = self.conn.recv_json(FrameType.HELLO, deadline=self.deadline)
+        _, hello = conn.recv_json(FrameType.HELLO, deadline=self.deadline)
         config, _ = self.state.snapshot()
         client = config.client_for(self.client_fp)
         if client is None:  # listed when the handshake began, removed by a reload since
@@ -310,7 +311,7 @@ class Session(socketserver.BaseRequestHandler):
                 f"no common protocol version: daemon speaks {list(SUPPORTED_PROTOCOLS)}, "
                 f"client offers {offered}"
             )
-        self.conn.send_json(
+        conn.send_json(
             FrameType.HELLO,
             {"protocol": max(common), "software": f"radmind/{__version__}", "client": client.name},
         )
@@ -318,13 +319,13 @@ class Session(socketserver.BaseRequestHandler):
         self.log.info("authenticated", client_software=str(hello.get("software", "?"))[:80])
         return client.name
 
-    def _serve_requests(self) -> str:
+    def _serve_requests(self, conn: FrameSocket) -> str:
         while not self.state.stopping.is_set():
             config, _ = self.state.snapshot()
-            self.conn.sock.settimeout(config.limits.idle_timeout)
-            self.conn.frame_timeout = config.limits.frame_timeout
+            conn.sock.settimeout(config.limits.idle_timeout)
+            conn.frame_timeout = config.limits.frame_timeout
             try:
-                frame = self.conn.recv_control(FrameType.REQUEST, FrameType.CANCEL)
+                frame = conn.recv_control(FrameType.REQUEST, FrameType.CANCEL)
             except ConnectionClosed as exc:
                 if exc.truncated:
                     raise ProtocolError(str(exc)) from None
@@ -341,25 +342,25 @@ class Session(socketserver.BaseRequestHandler):
             self.busy = True
             try:
                 config, _ = self.state.snapshot()  # a reload meanwhile applies to this request
-                in_step = self._run_request(config, frame)
+                in_step = self._run_request(conn, config, frame)
             finally:
                 self.busy = False
             if not in_step:
                 return "internal_error"
         return "daemon_stopping"
 
-    def _run_request(self, config: Config, frame: Frame) -> bool:
+    def _run_request(self, conn: FrameSocket, config: Config, frame: Frame) -> bool:
         """Run one request and send its RESULT; False when the stream may be out of step."""
         request_id = self.state.count_request()
         self.requests += 1
         log = self.log.bind(request_id=request_id)
         started = time.monotonic()
-        mark = (self.conn.frames_received, self.conn.frames_sent)
+        mark = (conn.frames_received, conn.frames_sent)
         audit: dict[str, Any] = {}
         try:
             message = _request_fields(frame)
             log = _bind_request(log, message)
-            outcome = self._perform(config, message, log, audit)
+            outcome = self._perform(conn, config, message, log, audit)
         except RequestError as exc:
             outcome = Outcome.failure(exc, after_reply=None)
         except ConnectionClosed as exc:
@@ -369,17 +370,22 @@ class Session(socketserver.BaseRequestHandler):
             raise  # the peer broke the protocol or the connection failed: _converse ends it
         except Exception as exc:
             log.exception("request_crashed", duration_s=round(time.monotonic() - started, 4))
-            return self._answer_crash(config, exc, request_id, mark)
+            return self._answer_crash(conn, config, exc, request_id, mark)
         audit.update(outcome.log)
         reply = outcome.result_frame()
-        self.conn.send_json(FrameType.RESULT, reply)
+        conn.send_json(FrameType.RESULT, reply)
         _audit(log, outcome.error or "ok", started, audit, {"error": reply.get("message")})
         if outcome.after_reply is not None:
             outcome.after_reply()
         return True
 
     def _perform(
-        self, config: Config, message: dict[str, Any], log: Any, audit: dict[str, Any]
+        self,
+        conn: FrameSocket,
+        config: Config,
+        message: dict[str, Any],
+        log: Any,
+        audit: dict[str, Any],
     ) -> Outcome:
         """Who may do what is looked up afresh: a reload may have changed it. `audit`
         collects what the request's event says, also when it is refused."""
@@ -392,11 +398,11 @@ class Session(socketserver.BaseRequestHandler):
         if operation is None:
             raise RequestError(f"unsupported operation {op_name!r}")
         request = Request(
-            op=op_name,
+            op=str(op_name),
             params=message,
             client=client,
             config=config,
-            conn=self.conn,
+            conn=conn,
             log=log,
             shutting_down=self.state.stopping,
             audit=audit,
@@ -405,7 +411,12 @@ class Session(socketserver.BaseRequestHandler):
         return operation(request)
 
     def _answer_crash(
-        self, config: Config, exc: Exception, request_id: int, mark: tuple[int, int]
+        self,
+        conn: FrameSocket,
+        config: Config,
+        exc: Exception,
+        request_id: int,
+        mark: tuple[int, int],
     ) -> bool:
         """Last resort for a bug in an operation (already logged with its traceback).
 
@@ -415,10 +426,10 @@ class Session(socketserver.BaseRequestHandler):
         the session ends after the RESULT -- or without one, if frames are still queued
         (one may be half sent).
         """
-        if self.conn.queued:
+        if conn.queued:
             return False
-        self.conn.sock.settimeout(config.limits.idle_timeout)  # an op may leave it non-blocking
-        self.conn.send_json(
+        conn.sock.settimeout(config.limits.idle_timeout)  # an op may leave it non-blocking
+        conn.send_json(
             FrameType.RESULT,
             {
                 "ok": False,
@@ -427,12 +438,12 @@ class Session(socketserver.BaseRequestHandler):
                 f"its log has the details (request {request_id})",
             },
         )
-        return (self.conn.frames_received, self.conn.frames_sent - 1) == mark
+        return (conn.frames_received, conn.frames_sent - 1) == mark
 
-    def _send_error(self, code: str, message: str) -> None:
+    def _send_error(self, conn: FrameSocket, code: str, message: str) -> None:
         try:
-            self.conn.sock.settimeout(1.0)
-            self.conn.send_json(FrameType.ERROR, {"code": code, "message": message})
+            conn.sock.settimeout(1.0)
+            conn.send_json(FrameType.ERROR, {"code": code, "message": message})
         except (OSError, RadminError):
             pass
 

@@ -126,7 +126,7 @@ def connect(target: Target, options: ClientOptions) -> Connection:
     tls = context.wrap_socket(raw, do_handshake_on_connect=False)
     try:
         _handshake(tls, options, deadline)
-        presented = fingerprint(tls.getpeercert(binary_form=True))
+        presented = fingerprint(tls.getpeercert(binary_form=True) or b"")
         new_host = _check_host_key(target, options, presented)
         tls.settimeout(options.connect_timeout)
         frames = FrameSocket(tls)

@@ -144,7 +144,7 @@ class _ExecStream:
         interest = {sock_fd: select.POLLIN | (select.POLLOUT if self.frames.queued else 0)}
         forwarding = self.stdin_fd is not None and not self.input_done
         if forwarding and self.credit > 0 and self.frames.queued < HIGH_WATER:
-            interest[self.stdin_fd] = select.POLLIN
+            interest[self.stdin_fd] = select.POLLIN  # type: ignore[index]  # not None here
         if self.cancel_fd is not None and self.cancel_sent_at is None:
             interest[self.cancel_fd] = select.POLLIN
         timeout = None

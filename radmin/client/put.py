@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import select
+import ssl
 import time
 from collections import namedtuple
 
@@ -151,4 +152,5 @@ def _send_file(
 def _answered_early(conn: Connection) -> bool:
     """Has the daemon sent its RESULT before all data was sent (disk full, say)?"""
     sock = conn.frames.sock
-    return bool(sock.pending()) or bool(wait_ready({sock.fileno(): select.POLLIN}, 0))
+    pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+    return bool(pending) or bool(wait_ready({sock.fileno(): select.POLLIN}, 0))

@@ -385,12 +385,12 @@ class Upload:
                 ) from None
             try:
                 _reserve_space(fd, self.params.size, self.folder)
-                self._fill(fd, temp)
+                digest = self._fill(fd, temp)
                 self._rename(temp_name)
                 renamed = True
                 # After the rename, which changes ctime: the next put of the same
                 # content then finds the digest in the cache.
-                DIGESTS.remember(os.fstat(fd), self.sha256)
+                DIGESTS.remember(os.fstat(fd), digest)
             finally:
                 os.close(fd)
         finally:
@@ -407,7 +407,8 @@ class Upload:
                 f"cannot move the upload into place at {self.params.path}: {exc.strerror}"
             ) from None
 
-    def _fill(self, fd: int, temp: Path) -> None:
+    def _fill(self, fd: int, temp: Path) -> str:
+        """Receive, verify, fsync and set the metadata; the verified SHA-256."""
         self.conn.send_json(FrameType.PROCEED, {"path": self.params.path, "digest_first": False})
         self.proceeded = True
         writer = _Writer(fd, str(temp))
@@ -433,6 +434,7 @@ class Upload:
         except OSError as exc:
             raise TransferFailed(f"writing {self.params.path} failed: {exc.strerror}") from None
         _apply_metadata(fd, self.params.path, self.target)
+        return actual
 
     def _stream_into(self, writer: _Writer) -> None:
         self.conn.sock.settimeout(self.stall_timeout)
