@@ -232,8 +232,6 @@ class FrameSocket:
         self._out = bytearray()
         # When the frame being received must be complete; None while none has begun.
         self._frame_deadline: float | None = None
-        self.bytes_received = 0
-        self.bytes_sent = 0
         self.frames_received = 0
         self.frames_sent = 0
 
@@ -310,7 +308,6 @@ class FrameSocket:
             self._compact()
         n = self.sock.recv_into(self._view[self._end :])
         self._end += n
-        self.bytes_received += n
         return n
 
     def _eof(self) -> ConnectionClosed:
@@ -383,7 +380,6 @@ class FrameSocket:
         else:  # avoid copying bulk data just to glue a 5-byte header on
             self.sock.sendall(header)
             self.sock.sendall(payload)
-        self.bytes_sent += HEADER.size + len(payload)
         self.frames_sent += 1
 
     def send_json(self, frame_type: FrameType, obj: dict[str, Any]) -> None:
@@ -448,7 +444,6 @@ class FrameSocket:
             except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
                 return False
             del self._out[:n]
-            self.bytes_sent += n
         return True
 
     def close(self) -> None:

@@ -404,7 +404,6 @@ class Session(socketserver.BaseRequestHandler):
             config=config,
             conn=conn,
             log=log,
-            shutting_down=self.state.stopping,
             audit=audit,
             usage=self.state.usage,
         )

@@ -29,7 +29,6 @@ class Request:
     config: Config
     conn: FrameSocket
     log: Any  # a structlog BoundLogger with client/peer/request context
-    shutting_down: Any = None  # threading.Event set when the daemon stops
     # What the audit event for this request says about it (argv, path, rule, run_as),
     # filled in as it becomes known, so a refusal is logged with what was attempted.
     audit: dict[str, Any] = field(default_factory=dict)
