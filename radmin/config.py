@@ -692,17 +692,17 @@ def _outside_validity(pem: str) -> str | None:
     """'certificate expired on DATE' / 'not valid before DATE', or None."""
     import datetime
 
-    from cryptography import x509
+    from radmin.identity import validity
 
     try:
-        cert = x509.load_pem_x509_certificate(pem.encode())
+        not_before, not_after = validity(pem_to_der(pem.encode()))
     except ValueError:
         return None
     now = datetime.datetime.now(datetime.timezone.utc)
-    if cert.not_valid_after_utc < now:
-        return f"certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}"
-    if cert.not_valid_before_utc > now:
-        return f"certificate not valid before {cert.not_valid_before_utc:%Y-%m-%d}"
+    if not_after < now:
+        return f"certificate expired on {not_after:%Y-%m-%d}"
+    if not_before > now:
+        return f"certificate not valid before {not_before:%Y-%m-%d}"
     return None
 
 

@@ -17,6 +17,10 @@ from pathlib import Path
 
 from radmin.errors import HostKeyError, RadminError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import datetime
+
 KEY_FILE_MODE = 0o600
 # A folder radmin creates for an identity (the client home): owner only, like ~/.ssh.
 IDENTITY_DIR_MODE = 0o700
@@ -45,28 +49,61 @@ def _der_element(der: bytes, pos: int) -> tuple[int, int, int]:
     return tag, pos, pos + length
 
 
-def spki_der(cert_der: bytes) -> bytes:
-    """The SubjectPublicKeyInfo of an X.509 certificate, as DER.
+_SEQUENCE = 0x30
+
+
+def _tbs_fields(cert_der: bytes) -> list[tuple[int, int, int]]:
+    """(tag, start, end) of each field of the TBSCertificate, version skipped.
 
     Certificate = SEQUENCE { tbsCertificate = SEQUENCE { [0] version OPTIONAL, serial,
     signature, issuer, validity, subject, subjectPublicKeyInfo, ... }, ... }
     """
-    sequence = 0x30
     tag, cert_start, _ = _der_element(cert_der, 0)
-    if tag != sequence:
+    if tag != _SEQUENCE:
         raise ValueError("not a certificate")
     tag, pos, tbs_end = _der_element(cert_der, cert_start)
-    if tag != sequence:
+    if tag != _SEQUENCE:
         raise ValueError("not a certificate")
-    tag, _, end = _der_element(cert_der, pos)
-    if tag == 0xA0:  # explicit version
+    fields: list[tuple[int, int, int]] = []
+    while pos < tbs_end and len(fields) < 6:
+        tag, _, end = _der_element(cert_der, pos)
+        if not (tag == 0xA0 and not fields):  # the explicit version
+            fields.append((tag, pos, end))
         pos = end
-    for _field in range(5):  # serial, signature, issuer, validity, subject
-        _, _, pos = _der_element(cert_der, pos)
-    tag, _, end = _der_element(cert_der, pos)
-    if tag != sequence or end > tbs_end:
+    if len(fields) < 6 or fields[5][2] > tbs_end:
         raise ValueError("certificate has no SubjectPublicKeyInfo")
-    return cert_der[pos:end]
+    return fields
+
+
+def spki_der(cert_der: bytes) -> bytes:
+    """The SubjectPublicKeyInfo of an X.509 certificate, as DER."""
+    tag, start, end = _tbs_fields(cert_der)[5]
+    if tag != _SEQUENCE:
+        raise ValueError("certificate has no SubjectPublicKeyInfo")
+    return cert_der[start:end]
+
+
+def validity(cert_der: bytes) -> tuple[datetime.datetime, datetime.datetime]:
+    """(notBefore, notAfter) in UTC -- without importing `cryptography`, which would
+    add 8 MiB to the daemon and to every fork it makes for a command."""
+    import datetime
+    _, start, end = _tbs_fields(cert_der)[3]
+    _, pos, _ = _der_element(cert_der, start)  # the validity SEQUENCE's content
+    times = []
+    for _bound in range(2):
+        tag, content, pos = _der_element(cert_der, pos)
+        text = cert_der[content:pos].decode("ascii")
+        if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ: years 1950-2049 (RFC 5280)
+            year = int(text[:2])
+            text = str(1900 + year if year >= 50 else 2000 + year) + text[2:]
+        elif tag != 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
+            raise ValueError("bad certificate validity")
+        times.append(
+            datetime.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+        )
+    if pos > end:
+        raise ValueError("bad certificate validity")
+    return times[0], times[1]
 
 
 def fingerprint(cert_der: bytes) -> str:
