@@ -1,51 +1,38 @@
 """put, daemon side: atomic, SHA-256-verified uploads that never leave a partial file.
 
-validate (path, size, policy, parent) -> same content and metadata? "unchanged"
--> same content, other metadata? fix it, "changed", no transfer
--> journal + O_EXCL temporary file beside the destination -> PROCEED
--> FILE_DATA frames, hashed and written by a second thread (hashlib and os.write
-   release the GIL, so the second core works while this one decrypts TLS)
--> size and SHA-256 match? fsync, chown/chmod, rename over the destination, fsync
-   the folder. Any failure: delete the temporary file; the destination is untouched.
+validate (path, size) -> policy (allow.put; owner, group, mode for a non-root run_as)
+-> the folder opened as run_as (radmin/userfiles.py), the real path checked again
+-> same content and metadata? "unchanged"; same content, other metadata? fix it on the
+   descriptor, "changed", no transfer
+-> otherwise radmin/transfer.py lands it: journaled temporary file beside the
+   destination, space reserved, PROCEED, FILE_DATA hashed and written, SHA-256
+   compared, fsync, mode/owner on the descriptor, rename. Any failure: the temporary
+   file is removed; the destination is untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import grp
-import hashlib
 import os
 import posixpath
 import pwd
-import queue
-import re
 import stat
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from radmin import journal, policy, userfiles
-from radmin.errors import BadRequest, ConnectionClosed, PolicyDenied, ProtocolError, RequestError
+from radmin import policy, userfiles
+from radmin.errors import BadRequest, PolicyDenied
 from radmin.hashing import DigestCache, fd_sha256
 from radmin.ops import Outcome, Request, run_as_user
-from radmin.protocol import FrameSocket, FrameType
-
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_QUEUE_CHUNKS = 4  # frames in flight between the socket thread and the writer (memory)
-
+from radmin.protocol import FrameType
+from radmin.transfer import SHA256_HEX, Receiver, TransferFailed, land, receive_digest
 
 # Digests of files this daemon wrote or hashed, so a repeated upload of a large file
 # is answered "unchanged" without reading it again (see radmin/hashing.py on staleness).
 DIGESTS = DigestCache()
-
-
-class TransferFailed(RequestError):
-    """The upload started but could not be completed; the destination is untouched."""
-
-    code = "failed"
 
 
 @dataclass(frozen=True)
@@ -108,7 +95,7 @@ def parse_params(request: Request) -> PutParams:
             f"file of {size} bytes exceeds this daemon's limit of "
             f"{config.limits.max_put_size} bytes (limits.max_put_size)"
         )
-    if digest is not None and (not isinstance(digest, str) or not _SHA256_HEX.match(digest)):
+    if digest is not None and (not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest)):
         raise BadRequest("sha256 must be 64 lowercase hex digits or null")
     mode = params.get("mode")
     return PutParams(
@@ -219,16 +206,33 @@ def _put_into(
         same, params = _compare_content(request, params, access, name, existing, target, owns)
         if same is not None:
             return same
-    upload = Upload(request, params, target, access, resolved)
+    config = request.config
+    receiver = Receiver(
+        request.conn,
+        params.size,
+        params.sha256,
+        config.limits.upload_stall_timeout,
+        params.path,
+        announce=lambda: request.conn.send_json(
+            FrameType.PROCEED, {"path": params.path, "digest_first": False}
+        ),
+    )
+
+    def fill(fd: int, temp: Path) -> str:
+        digest = receiver.fill(fd, temp)
+        _apply_metadata(fd, params.path, target)
+        return digest
+
     try:
-        upload.receive()
+        digest, written = land(access, resolved, name, config.state_dir, params.size, fill)
     except TransferFailed as exc:
-        if not upload.proceeded:
+        if not receiver.started:
             raise
         # The client is streaming: answer now, then keep the connection in step.
-        request.audit.update(path=params.path, bytes=upload.received)
-        return Outcome.failure(exc, after_reply=upload.discard_rest)
-    fields.update(path=params.path, bytes=params.size, sha256=upload.sha256)
+        request.audit.update(bytes=receiver.received)
+        return Outcome.failure(exc, after_reply=receiver.discard_rest)
+    DIGESTS.remember(written, digest)
+    fields.update(path=params.path, bytes=params.size, sha256=digest)
     return _outcome("changed", fields)
 
 
@@ -264,7 +268,8 @@ def _compare_content(
         if params.sha256 is None:  # both sides hash at once, then compare
             request.conn.send_json(FrameType.PROCEED, {"path": params.path, "digest_first": True})
             have = fd_sha256(fd, DIGESTS)
-            params = dataclasses.replace(params, sha256=receive_digest(request))
+            digest = receive_digest(request.conn, request.config.limits.idle_timeout)
+            params = dataclasses.replace(params, sha256=digest)
         else:
             have = fd_sha256(fd, DIGESTS)
         fields = {"path": params.path, "bytes": 0, "sha256": params.sha256, **_owner_fields(target)}
@@ -298,20 +303,6 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
-def receive_digest(request: Request, timeout: float | None = None) -> str:
-    """Read the client's DIGEST frame (a CANCEL ends the request)."""
-    request.conn.sock.settimeout(timeout or request.config.limits.idle_timeout)
-    frame = request.conn.recv_frame()
-    if frame.type is FrameType.CANCEL:
-        raise TransferFailed("cancelled by the client")
-    if frame.type is not FrameType.DIGEST:
-        raise ProtocolError(f"expected DIGEST, got {frame.type.name}")
-    digest = frame.json().get("sha256")
-    if not isinstance(digest, str) or not _SHA256_HEX.match(digest):
-        raise ProtocolError("DIGEST must carry sha256 as 64 lowercase hex digits")
-    return digest
-
-
 def _outcome(status: str, fields: dict[str, Any]) -> Outcome:
     return Outcome({"status": status, **fields}, {"status": status, **fields})
 
@@ -337,199 +328,3 @@ def _apply_metadata(fd: int, path: str, target: Metadata) -> None:
         os.fchmod(fd, target.mode)  # after chown: chown clears set-id bits
     except OSError as exc:
         raise TransferFailed(f"cannot set owner/mode on {path}: {exc.strerror}") from None
-
-
-class Upload:
-    """One transfer into a journaled temporary file beside the destination."""
-
-    def __init__(
-        self,
-        request: Request,
-        params: PutParams,
-        target: Metadata,
-        access: userfiles.Access,
-        folder: str,
-    ):
-        self.conn: FrameSocket = request.conn
-        self.params = params
-        self.target = target
-        self.access = access
-        self.folder = folder  # resolved, and open in `access`
-        self.name = posixpath.basename(params.path)
-        self.state_dir = request.config.state_dir
-        # Once data flows, a pause is a stall: ended well before idle_timeout, so a
-        # client cannot hold disk space (and an upload slot) by going quiet.
-        self.stall_timeout = request.config.limits.upload_stall_timeout
-        self.received = 0
-        self.proceeded = False  # PROCEED sent: the client streams FILE_DATA from now on
-        self.sha256 = params.sha256  # known at the end at the latest
-        self.request = request
-        self.client_done = False  # the client sent all it announced, or cancelled
-
-    def receive(self) -> None:
-        temp_name = journal.temp_name(self.params.path)
-        temp = Path(self.folder) / temp_name
-        try:
-            entry = journal.JournalEntry(self.state_dir, temp)
-        except OSError as exc:
-            raise TransferFailed(
-                f"cannot record the upload in {self.state_dir}: {exc.strerror}"
-            ) from None
-        renamed = False
-        try:
-            try:
-                fd = self.access.create(temp_name)
-            except OSError as exc:
-                raise TransferFailed(
-                    f"cannot create a file in {self.folder}: {exc.strerror}"
-                ) from None
-            try:
-                _reserve_space(fd, self.params.size, self.folder)
-                digest = self._fill(fd, temp)
-                self._rename(temp_name)
-                renamed = True
-                # After the rename, which changes ctime: the next put of the same
-                # content then finds the digest in the cache.
-                DIGESTS.remember(os.fstat(fd), digest)
-            finally:
-                os.close(fd)
-        finally:
-            if not renamed:
-                with contextlib.suppress(OSError):
-                    self.access.unlink(temp_name)
-            entry.close()
-
-    def _rename(self, temp_name: str) -> None:
-        try:
-            self.access.rename(temp_name, self.name)
-        except OSError as exc:
-            raise TransferFailed(
-                f"cannot move the upload into place at {self.params.path}: {exc.strerror}"
-            ) from None
-
-    def _fill(self, fd: int, temp: Path) -> str:
-        """Receive, verify, fsync and set the metadata; the verified SHA-256."""
-        self.conn.send_json(FrameType.PROCEED, {"path": self.params.path, "digest_first": False})
-        self.proceeded = True
-        writer = _Writer(fd, str(temp))
-        writer.start()
-        try:
-            self._stream_into(writer)
-        finally:
-            writer.finish()
-        if writer.error is not None:
-            raise TransferFailed(writer.error)
-        actual = writer.digest.hexdigest()
-        if self.sha256 is None:  # sent after the data
-            try:
-                self.sha256 = receive_digest(self.request, self.stall_timeout)
-            finally:
-                self.client_done = True
-        if actual != self.sha256:
-            raise TransferFailed(
-                f"checksum mismatch: the client's sha256 is {self.sha256}, received {actual}"
-            )
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            raise TransferFailed(f"writing {self.params.path} failed: {exc.strerror}") from None
-        _apply_metadata(fd, self.params.path, self.target)
-        return actual
-
-    def _stream_into(self, writer: _Writer) -> None:
-        self.conn.sock.settimeout(self.stall_timeout)
-        while self.received < self.params.size:
-            if writer.error is not None:
-                raise TransferFailed(writer.error)
-            frame = self._next_frame()
-            if frame.type is FrameType.CANCEL:
-                self.client_done = True
-                raise TransferFailed("cancelled by the client")
-            if frame.type is not FrameType.FILE_DATA:
-                raise ProtocolError(f"expected FILE_DATA, got {frame.type.name}")
-            if self.received + len(frame.payload) > self.params.size:
-                raise ProtocolError(
-                    f"client sent more than the {self.params.size} bytes it announced"
-                )
-            self.received += len(frame.payload)
-            writer.put(bytes(frame.payload))
-        self.client_done = self.sha256 is not None  # else a DIGEST frame is still to come
-
-    def _next_frame(self):
-        try:
-            return self.conn.recv_frame()
-        except TimeoutError:
-            raise ConnectionClosed(
-                f"upload stalled for {self.stall_timeout:g} s (limits.upload_stall_timeout)"
-            ) from None
-
-    def discard_rest(self) -> None:
-        """After an early RESULT: skip FILE_DATA until the announced size (and the DIGEST
-        that follows when it was not announced) or a CANCEL."""
-        trailing_digest = self.sha256 is None
-        while not self.client_done:
-            frame = self._next_frame()
-            if frame.type is FrameType.CANCEL:
-                return
-            if frame.type is FrameType.DIGEST and trailing_digest:
-                return
-            if frame.type is not FrameType.FILE_DATA:
-                raise ProtocolError(f"expected FILE_DATA or CANCEL, got {frame.type.name}")
-            self.received += len(frame.payload)
-            if self.received >= self.params.size and not trailing_digest:
-                return
-
-
-def _reserve_space(fd: int, size: int, folder: str) -> None:
-    """Refuse an upload that cannot fit before a byte is sent, and allocate its blocks
-    now, so a disk that fills meanwhile fails here rather than half-way through."""
-    if size == 0:
-        return
-    st = os.fstatvfs(fd)
-    free = st.f_bavail * st.f_frsize
-    if size > free:
-        raise TransferFailed(
-            f"not enough space in {folder}: the file needs {size} bytes, {free} are free"
-        )
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise TransferFailed(f"not enough space in {folder} for {size} bytes") from None
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # some filesystems cannot
-            raise TransferFailed(
-                f"cannot allocate {size} bytes in {folder}: {exc.strerror}"
-            ) from None
-
-
-class _Writer(threading.Thread):
-    """Hashes and writes chunks beside the socket thread; remembers the first error."""
-
-    def __init__(self, fd: int, temp: str):
-        super().__init__(daemon=True, name="put-writer")
-        self.fd = fd
-        self.temp = temp
-        self.digest = hashlib.sha256()
-        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
-        self.error: str | None = None
-
-    def put(self, chunk: bytes) -> None:
-        self.chunks.put(chunk)
-
-    def finish(self) -> None:
-        self.chunks.put(None)
-        self.join()
-
-    def run(self) -> None:
-        while (chunk := self.chunks.get()) is not None:
-            if self.error is not None:
-                continue  # keep draining so the socket thread never blocks on us
-            self.digest.update(chunk)
-            try:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(self.fd, view) :]
-            except OSError as exc:
-                self.error = f"writing the upload failed: {exc.strerror}"
-
-
