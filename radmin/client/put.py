@@ -15,7 +15,7 @@ import time
 from collections import namedtuple
 
 from radmin.errors import LocalFileError
-from radmin.protocol import MAX_DATA, FrameType, wait_ready
+from radmin.protocol import FrameType, wait_ready
 
 # Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
 TYPE_CHECKING = False
@@ -106,47 +106,28 @@ def _send_file(
     progress: Callable[[int], None] | None,
     hash_it: bool,
 ) -> tuple[int, str | None]:
-    """Stream exactly `size` bytes, hashing them if asked; stop early if the daemon
-    already answered. Returns the bytes sent and their SHA-256 (None if stopped)."""
-    import hashlib
+    """Stream the file (radmin/transfer.py); a local failure cancels the request.
+    Returns the bytes sent and their SHA-256 (None if not hashed or stopped early)."""
+    from radmin.transfer import FileShrank, send_file
 
-    digest = hashlib.sha256() if hash_it else None
-    buffer = bytearray(MAX_DATA)
-    view = memoryview(buffer)
-    sent = 0
     try:
-        f = open(local_path, "rb", buffering=0)  # noqa: SIM115 - closed below
-    except OSError as exc:
+        sent = send_file(
+            local_path,
+            size,
+            lambda chunk: conn.send_frame(FrameType.FILE_DATA, chunk),
+            lambda: _answered_early(conn),
+            progress,
+            hash_it,
+        )
+    except OSError as exc:  # the local file: the connection's errors are translated
         conn.send(FrameType.CANCEL, {})
-        raise LocalFileError(f"{local_path}: {exc.strerror}") from None
-    with f:
-        try:
-            before = os.fstat(f.fileno())
-            while sent < size:
-                n = f.readinto(view[: min(MAX_DATA, size - sent)])
-                if not n:
-                    conn.send(FrameType.CANCEL, {})
-                    raise LocalFileError(f"{local_path} shrank while it was being sent")
-                if digest is not None:
-                    digest.update(view[:n])
-                conn.send_frame(FrameType.FILE_DATA, view[:n])  # raises TransportError
-                sent += n
-                if progress is not None:
-                    progress(n)
-                if _answered_early(conn):
-                    conn.send(FrameType.CANCEL, {})
-                    return sent, None
-            after = os.fstat(f.fileno())
-        except OSError as exc:  # the local file: the connection's errors are translated
-            raise LocalFileError(f"reading {local_path} failed: {exc.strerror}") from None
-    if digest is None:
-        return sent, None
-    hexdigest = digest.hexdigest()
-    from radmin.hashing import version_key
-
-    if version_key(before) == version_key(after) and after.st_size == size:
-        conn.options.digest_cache().remember(before, hexdigest)
-    return sent, hexdigest
+        shrank = isinstance(exc, FileShrank)
+        raise LocalFileError(exc.strerror if shrank else f"{local_path}: {exc.strerror}") from None
+    if sent.stopped:
+        conn.send(FrameType.CANCEL, {})  # the daemon answered early
+    elif sent.sha256 is not None and sent.stable is not None:
+        conn.options.digest_cache().remember(sent.stable, sent.sha256)
+    return sent.bytes, sent.sha256
 
 
 def _answered_early(conn: Connection) -> bool:
