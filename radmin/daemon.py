@@ -18,9 +18,9 @@ import signal
 import threading
 import time
 
-from radmin import __version__, journal
-from radmin.config import Config, load_config
-from radmin.errors import ConfigError
+from radmin import __version__, folders, journal
+from radmin.config import Config, address_text, load_config
+from radmin.errors import ConfigError, RadminError
 from radmin.identity import cert_file_fingerprint
 from radmin.log import configure as configure_logging
 from radmin.log import get_logger
@@ -61,21 +61,40 @@ def _nr_open() -> int:
         return 1024 * 1024
 
 
-def _address_text(address: tuple[str, int]) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+class StartupError(RadminError):
+    """The daemon cannot start, or apply a reload, as configured: a log file it cannot
+    open, identities it cannot load, a folder it cannot create, an address it cannot
+    listen on. The message names which, for the admin's terminal or the log.
+
+    (Raised only here; radmin/errors.py is the natural home once that file is free.)
+    """
+
+
+def _configure_logging(config: Config) -> None:
+    try:
+        configure_logging(config.log.level, config.log.format, log_file=config.log.file)
+    except OSError as exc:
+        raise StartupError(f"cannot open log.file {config.log.file}: {exc.strerror}") from None
+
+
+def _serving_state(config: Config) -> tuple[DaemonState, str]:
+    """The state every connection shares (the TLS context) and our fingerprint."""
+    try:
+        return DaemonState(config), cert_file_fingerprint(config.cert)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise StartupError(f"cannot load the identity or client certificates: {exc}") from None
 
 
 class Daemon:
     def __init__(self, config: Config, notifier: Notifier | None = None):
-        configure_logging(config.log.level, config.log.format, log_file=config.log.file)
+        _configure_logging(config)
         self.log = get_logger()
-        self.state = DaemonState(config)
+        self.state, self.fingerprint = _serving_state(config)
         self.notifier = notifier or Notifier()
         self.servers: dict[tuple[str, int], RadminServer] = {}  # by configured address
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self.fingerprint = cert_file_fingerprint(config.cert)
         self._check_fd_limit(config)
+        self._prepare_folders(config)
         self._recover_uploads(config)
         self._log_warnings(config)
 
@@ -99,9 +118,33 @@ class Daemon:
         else:
             self.log.debug("fd_limit", soft=soft, hard=hard)
 
+    def _prepare_folders(self, config: Config) -> None:
+        """Create state_dir and put.default_dir (0755) when missing, and the journal's
+        folder, so an admin need not; `radmind check` has said whether they can be."""
+        for key, path in (
+            ("state_dir", config.state_dir),
+            ("put.default_dir", config.put_default_dir),
+        ):
+            try:
+                created = folders.ensure_folder(path)
+            except OSError as exc:
+                raise StartupError(f"cannot create {key} {path}: {exc.strerror or exc}") from None
+            if created:
+                self.log.info(
+                    "created_folder",
+                    key=key,
+                    path=str(path),
+                    created=[str(folder) for folder in created],
+                    mode=f"{folders.FOLDER_MODE:04o}",
+                )
+        try:
+            journal.prepare(config.state_dir)
+        except OSError as exc:
+            inflight = journal.inflight_dir(config.state_dir)
+            raise StartupError(f"cannot create state_dir {inflight}: {exc.strerror}") from None
+
     def _recover_uploads(self, config: Config) -> None:
         """Delete temporary files of uploads a previous run did not finish (kill -9)."""
-        journal.prepare(config.state_dir)
         removed = journal.recover(config.state_dir)
         if removed:
             self.log.warning("removed_unfinished_uploads", files=removed)
@@ -113,12 +156,20 @@ class Daemon:
         bound: dict[tuple[str, int], RadminServer] = {}
         try:
             for address in addresses:
-                bound[address] = RadminServer(address, self.state)
-        except OSError:
+                bound[address] = self._bind(address)
+        except StartupError:
             for server in bound.values():
                 server.server_close()
             raise
         return bound
+
+    def _bind(self, address: tuple[str, int]) -> RadminServer:
+        try:
+            return RadminServer(address, self.state)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {address_text(address)}: {exc.strerror or exc}"
+            ) from None
 
     def _start(self, servers: dict[tuple[str, int], RadminServer]) -> None:
         for server in servers.values():
@@ -126,7 +177,7 @@ class Daemon:
                 target=server.serve_forever,
                 kwargs={"poll_interval": _ACCEPT_POLL},
                 daemon=True,
-                name=f"listener {_address_text(server.server_address)}",
+                name=f"listener {address_text(server.server_address)}",
             ).start()
 
     @staticmethod
@@ -139,7 +190,7 @@ class Daemon:
         self.servers = self._bind_all(self.state.config.listen)
 
     def bound_addresses(self) -> list[str]:
-        return [_address_text(s.server_address) for s in self.servers.values()]
+        return [address_text(s.server_address) for s in self.servers.values()]
 
     def serve(self) -> None:
         self._start(self.servers)
@@ -168,7 +219,7 @@ class Daemon:
         interval = self.notifier.watchdog_interval
         while not self.state.stopping.is_set():
             stale = [
-                _address_text(s.server_address)
+                address_text(s.server_address)
                 for s in list(self.servers.values())
                 if time.monotonic() - s.last_tick > 4 * _ACCEPT_POLL
             ]
@@ -210,18 +261,23 @@ class Daemon:
         path = self.state.config.path
         try:
             config = load_config(path)
+            self._prepare_folders(config)
             added = self._bind_all(a for a in config.listen if a not in self.servers)
         except ConfigError as exc:
             return self._reload_rejected(path, exc.problems)
+        except StartupError as exc:
+            return self._reload_rejected(path, [str(exc)])
         except (OSError, ValueError) as exc:
             return self._reload_rejected(path, [f"{type(exc).__name__}: {exc}"])
         try:
+            _configure_logging(config)
             self.state.apply(config)
+        except StartupError as exc:
+            self._close(added.values())
+            return self._reload_rejected(path, [str(exc)])
         except (OSError, ValueError) as exc:  # e.g. the key no longer loads
             self._close(added.values())
             return self._reload_rejected(path, [f"{type(exc).__name__}: {exc}"])
-        journal.prepare(config.state_dir)
-        configure_logging(config.log.level, config.log.format, log_file=config.log.file)
         removed = [self.servers.pop(a) for a in list(self.servers) if a not in config.listen]
         self._close(removed)
         self.servers.update(added)
