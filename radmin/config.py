@@ -366,14 +366,15 @@ SCHEMA: Schema = {
         "default_dir": Setting(
             _absolute_path,
             Path("/var/tmp/radmin"),
-            "Folder for uploads given without a remote path.",
+            "Folder for uploads given without a remote path; made (0755) at start if missing.",
             "/var/tmp/radmin",
         ),
     },
     "state_dir": Setting(
         _path,
         Path("/var/lib/radmin"),
-        "Daemon state (the journal of in-flight uploads); relative to this file if relative.",
+        "Daemon state (the journal of in-flight uploads), made at start if missing; "
+        "relative to this file if relative.",
         "/var/lib/radmin",
     ),
     "limits": {
