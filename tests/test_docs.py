@@ -234,7 +234,7 @@ def _client_config(listeners: list[str]) -> str:
     return yaml.safe_dump({"hosts": hosts, "groups": example["groups"]}, sort_keys=False)
 
 
-def _server_config(base: Path, root: Path, install_home: ClientHome, ops_home: ClientHome) -> Path:
+def _server_config(root: Path, install_home: ClientHome, ops_home: ClientHome) -> Path:
     """radmind.yaml as install.md makes it, then moved under ROOT onto loopback."""
     etc = root / "etc" / "radmin"
     init = run_radmind("init", "--dir", str(etc))
@@ -266,7 +266,7 @@ def world(tmp_path_factory) -> Iterator[World]:
     keygen = run_cli(install_home, "keygen")
     assert keygen.returncode == 0, keygen.stderr
     homes = {"install": install_home, "ops": make_client_home(base / "ops-home")}
-    config = _server_config(base, root, install_home, homes["ops"])
+    config = _server_config(root, install_home, homes["ops"])
     daemon = ConfigFileDaemon(config)
     try:
         daemon.start()
@@ -288,7 +288,7 @@ class Outcome:
     output: str
 
 
-def _environment(world: World, doc: DocCommand, home: Path) -> dict[str, str]:
+def _environment(world: World, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADMIN_")}
     env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
     env["RADMIN_HOME"] = str(home)
@@ -302,7 +302,7 @@ def _prepared(world: World, doc: DocCommand) -> tuple[str, dict[str, str]]:
     if tuple(doc.radmin_words[:2]) in FIRST_TIME:
         root, home = world.fresh_folder("root"), world.fresh_folder("home")
     text = map_paths(map_addresses(map_commands(doc.text), world.listeners), root)
-    return text, _environment(world, doc, home)
+    return text, _environment(world, home)
 
 
 def _run(command: str, env: dict[str, str], cwd: Path) -> Outcome:
@@ -351,7 +351,8 @@ def _run_detached(command: str, env: dict[str, str], world: World) -> Outcome:
     text = world.config.read_text()
     assert text.count("  # file: ") == 1
     config.write_text(text.replace("  # file: ", "  file: "))
-    pidfile = Path(shlex.split(command)[shlex.split(command).index("--pidfile") + 1])
+    words = shlex.split(command)
+    pidfile = Path(words[words.index("--pidfile") + 1])
     outcome = _run(command, {**env, "RADMIN_CONFIG": str(config)}, world.work)
     if pidfile.exists():
         os.kill(int(pidfile.read_text()), signal.SIGTERM)
