@@ -146,6 +146,20 @@ def test_reload_creates_a_new_put_default_dir_or_is_rejected(daemon, client_home
     assert run_cli(client_home, "ping", daemon.address).returncode == 0
 
 
+def test_a_put_default_dir_that_cannot_be_made_stops_the_start_with_its_reason(etc, tmpfs):
+    """What `check` cannot foresee (a file system out of inodes) still stops `run` with
+    a message naming the key, the folder and the reason."""
+    full = tmpfs("no-inodes", "size=1m,nr_inodes=1")  # the root folder uses the only one
+    path = write_config(etc, f'listen: ["127.0.0.1:0"]\nput:\n  default_dir: {full}/uploads\n')
+    assert run_radmind("check", "-c", str(path)).stdout == "ok\n"
+    result = run_radmind("run", "-c", str(path), timeout=20)
+    assert result.returncode == 1
+    assert f"cannot create put.default_dir {full}/uploads: No space left on device" in (
+        result.stderr
+    )
+    assert "certificate" not in result.stderr
+
+
 # -- check catches what run would refuse -------------------------------------------------
 
 
