@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from radmin import policy
+from radmin import folders, policy
+from radmin.addresses import format_host_port
 from radmin.errors import ConfigError
 from radmin.hosts import parse_host_port
 from radmin.identity import fingerprint, key_mode_problem, pem_to_der
@@ -147,23 +148,61 @@ def _boolean(value: Any, ctx: _Context) -> bool:
     return value
 
 
+class _ItemProblems(ValueError):
+    """Problems with several items of one list, each with the item's index, so that
+    `check` lists every bad item at its own line instead of stopping at the first."""
+
+    def __init__(self, problems: list[tuple[int, str]]):
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+
 def _listen_list(value: Any, ctx: _Context) -> tuple[tuple[str, int], ...]:
     items = _string_list(value, ctx)
     if not items:
         raise ValueError("at least one address is needed")
-    addresses = []
-    for item in items:
+    addresses: list[tuple[str, int]] = []
+    problems: list[tuple[int, str]] = []
+    for index, item in enumerate(items):
         try:
-            host, port = parse_host_port(item, default_port=-1)
-            ipaddress.ip_address(host)
+            addresses.append(_listen_address(item, addresses))
         except ValueError as exc:
-            raise ValueError(
-                f"bad listen address {item!r}: {exc} (use IP:PORT or [IPv6]:PORT)"
-            ) from None
-        if port < 0:
-            raise ValueError(f"listen address {item!r} needs a port")
-        addresses.append((host, port))
+            problems.append((index, str(exc)))
+    if problems:
+        raise _ItemProblems(problems)
     return tuple(addresses)
+
+
+def _listen_address(item: str, earlier: list[tuple[str, int]]) -> tuple[str, int]:
+    """(IP, port) of one `listen` entry; an entry that an earlier one already binds is
+    refused here, since `run` would fail on it with "Address already in use"."""
+    try:
+        host, port = parse_host_port(item, default_port=-1)
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ValueError(
+            f"bad listen address {item!r}: {exc} (use IP:PORT or [IPv6]:PORT)"
+        ) from None
+    if port < 0:
+        raise ValueError(f"listen address {item!r} needs a port")
+    for other in earlier:
+        if other == (host, port):
+            raise ValueError(f"listen address {item!r} is listed twice")
+        if _same_socket(other, (host, port)):
+            raise ValueError(
+                f"listen address {item!r} overlaps {format_host_port(*other)!r} (the wildcard "
+                "address takes the port on every address of its family)"
+            )
+    return host, port
+
+
+def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether binding `b` after `a` fails: same port and family, and the same address
+    or a wildcard (IPv6 sockets are V6ONLY, so [::] and 0.0.0.0 do not clash)."""
+    ip_a, ip_b = ipaddress.ip_address(a[0]), ipaddress.ip_address(b[0])
+    if a[1] != b[1] or a[1] == 0 or ip_a.version != ip_b.version:
+        return False
+    return ip_a == ip_b or ip_a.is_unspecified or ip_b.is_unspecified
 
 
 def _user(value: Any, ctx: _Context) -> str:
@@ -317,19 +356,19 @@ SCHEMA: Schema = {
         ),
         "cert": Setting(_cert_file, Path("server.crt"), "The daemon's certificate.", "server.crt"),
     },
-    "clients": ClientsSection(),
     "put": {
         "default_dir": Setting(
             _absolute_path,
             Path("/var/tmp/radmin"),
-            "Folder for uploads given without a remote path.",
+            "Folder for uploads given without a remote path; made (0755) at start if missing.",
             "/var/tmp/radmin",
         ),
     },
     "state_dir": Setting(
         _path,
         Path("/var/lib/radmin"),
-        "Daemon state (the journal of in-flight uploads); relative to this file if relative.",
+        "Daemon state (the journal of in-flight uploads), made at start if missing; "
+        "relative to this file if relative.",
         "/var/lib/radmin",
     ),
     "limits": {
@@ -420,6 +459,8 @@ SCHEMA: Schema = {
             commented=True,
         ),
     },
+    # Last, so that the block `radmin-cli keygen` prints can be appended to the file.
+    "clients": ClientsSection(),
 }
 
 
@@ -499,6 +540,13 @@ class Config:
 # -- loading --------------------------------------------------------------------------
 
 
+def _item_node(node: yaml.Node, index: int) -> yaml.Node:
+    """The node of a list's item `index` (for its line), or the list's own node."""
+    if isinstance(node, yaml.SequenceNode) and index < len(node.value):
+        return node.value[index]
+    return node
+
+
 class _Walker:
     """Walks YAML nodes against a schema, collecting values and every problem."""
 
@@ -509,12 +557,14 @@ class _Walker:
         self.problems: list[str] = []
         self.warnings: list[str] = []
         self.lines: dict[str, int] = {}  # dotted key -> line of its value, for later checks
+        self.bad_keys: set[str] = set()  # keys already reported: later checks skip them
 
     def problem(self, node: yaml.Node, key: str, message: str) -> None:
         self.problem_at(node.start_mark.line + 1, key, message)
 
     def problem_at(self, line: int, key: str, message: str) -> None:
         self.problems.append(f"{self.path}:{line}: {key}: {message}")
+        self.bad_keys.add(key)
 
     def warn(self, key: str, message: str) -> None:
         self.warnings.append(f"{self.path}:{self.lines.get(key, 0)}: {key}: warning: {message}")
@@ -549,9 +599,12 @@ class _Walker:
             return self.clients(node, dotted)
         try:
             return spec.convert(self.loader.construct_object(node, deep=True), self.ctx)
+        except _ItemProblems as exc:
+            for index, message in exc.problems:
+                self.problem(_item_node(node, index), dotted, message)
         except (ValueError, yaml.YAMLError) as exc:
             self.problem(node, dotted, str(exc))
-            return spec.default
+        return spec.default
 
     def clients(self, node: yaml.Node, dotted: str) -> dict[str, dict[str, Any]]:
         if isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null"):
@@ -588,6 +641,13 @@ def load_config(path: Path) -> Config:
     path = Path(os.path.abspath(path))
     try:
         text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            [
+                f"{path}:0: (file): no such file; create a key, a certificate and a "
+                f"commented radmind.yaml with: radmind init --dir {path.parent}"
+            ]
+        ) from None
     except OSError as exc:
         raise ConfigError([f"{path}:0: (file): cannot read: {exc.strerror}"]) from None
     loader = yaml.SafeLoader(text)
@@ -604,6 +664,7 @@ def load_config(path: Path) -> Config:
     walker = _Walker(path, loader)
     values = walker.mapping(root, SCHEMA, "")
     clients = _build_clients(values["clients"], walker)
+    _check_folders(values, walker)
     if not walker.problems:
         _check_identity_pair(values["identity"]["key"], values["identity"]["cert"], walker)
     if walker.problems:
@@ -622,6 +683,18 @@ def load_config(path: Path) -> Config:
         clients=MappingProxyType(clients),
         warnings=tuple(walker.warnings),
     )
+
+
+def _check_folders(values: dict[str, Any], walker: _Walker) -> None:
+    """The folders the daemon makes or writes at start (radmin.folders): `check`
+    reports one it could not use now, rather than `run` failing later."""
+    for key, path, writable in (
+        ("state_dir", values["state_dir"], True),
+        ("put.default_dir", values["put"]["default_dir"], False),
+    ):
+        problem = None if key in walker.bad_keys else folders.creation_problem(path, writable)
+        if problem:
+            walker.problem_at(walker.lines.get(key, 0), key, problem)
 
 
 def _check_identity_pair(key: Path, cert: Path, walker: _Walker) -> None:
@@ -719,6 +792,13 @@ def _walk_settings(schema: Schema, prefix: str = ""):
             yield dotted, spec
 
 
+# Where a client's block goes. `clients:` is the file's last section, so appending the
+# block to the file (`radmin-cli fingerprint --paste >> radmind.yaml`) puts it here too.
+PASTE_HERE = (
+    "Paste below: the block `radmin-cli keygen` (or `radmin-cli fingerprint --paste`) prints."
+)
+
+
 def example_yaml(client_example: bool = True) -> str:
     """The commented example config (config/radmind.yaml, `radmind init`)."""
     lines = [
@@ -733,10 +813,9 @@ def example_yaml(client_example: bool = True) -> str:
                 emit(spec, indent + "  ", f"{prefix}{key}.")
             elif isinstance(spec, ClientsSection):
                 lines.append(f"{indent}# {spec.doc}")
-                lines.append(
-                    f"{indent}# Authorize a client with the lines `radmin-cli keygen` prints."
-                )
-                lines.append(f"{indent}clients:" + ("" if client_example else " {}"))
+                lines.append(f"{indent}# The last section, so a client's block can be appended.")
+                lines.append(f"{indent}clients:")
+                lines.append(f"{indent}  # {PASTE_HERE}")
                 if client_example:
                     lines.append(f"{indent}  ops:  # the client's name, used in logs and replies")
                     emit(CLIENT_SCHEMA, indent + "    ", "clients.NAME.")

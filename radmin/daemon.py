@@ -19,10 +19,10 @@ import threading
 import time
 from typing import Any
 
-from radmin import __version__, journal
+from radmin import __version__, folders, journal
 from radmin.addresses import format_host_port
 from radmin.config import Config, load_config
-from radmin.errors import ConfigError
+from radmin.errors import ConfigError, StartupError
 from radmin.identity import cert_file_fingerprint
 from radmin.log import configure as configure_logging
 from radmin.log import get_logger
@@ -67,16 +67,31 @@ def _address_text(address: Any) -> str:
     return format_host_port(str(address[0]), int(address[1]))
 
 
+def _configure_logging(config: Config) -> None:
+    try:
+        configure_logging(config.log.level, config.log.format, log_file=config.log.file)
+    except OSError as exc:
+        raise StartupError(f"cannot open log.file {config.log.file}: {exc.strerror}") from None
+
+
+def _serving_state(config: Config) -> tuple[DaemonState, str]:
+    """The state every connection shares (the TLS context) and our fingerprint."""
+    try:
+        return DaemonState(config), cert_file_fingerprint(config.cert)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise StartupError(f"cannot load the identity or client certificates: {exc}") from None
+
+
 class Daemon:
     def __init__(self, config: Config, notifier: Notifier | None = None):
-        configure_logging(config.log.level, config.log.format, log_file=config.log.file)
+        _configure_logging(config)
         self.log = get_logger()
-        self.state = DaemonState(config)
+        self.state, self.fingerprint = _serving_state(config)
         self.notifier = notifier or Notifier()
         self.servers: dict[tuple[str, int], RadminServer] = {}  # by configured address
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self.fingerprint = cert_file_fingerprint(config.cert)
         self._check_fd_limit(config)
+        self._prepare_folders(config)
         self._recover_uploads(config)
         self._log_warnings(config)
 
@@ -100,9 +115,33 @@ class Daemon:
         else:
             self.log.debug("fd_limit", soft=soft, hard=hard)
 
+    def _prepare_folders(self, config: Config) -> None:
+        """Create state_dir and put.default_dir (0755) when missing, and the journal's
+        folder, so an admin need not; `radmind check` has said whether they can be."""
+        for key, path in (
+            ("state_dir", config.state_dir),
+            ("put.default_dir", config.put_default_dir),
+        ):
+            try:
+                created = folders.ensure_folder(path)
+            except OSError as exc:
+                raise StartupError(f"cannot create {key} {path}: {exc.strerror or exc}") from None
+            if created:
+                self.log.info(
+                    "created_folder",
+                    key=key,
+                    path=str(path),
+                    created=[str(folder) for folder in created],
+                    mode=f"{folders.FOLDER_MODE:04o}",
+                )
+        try:
+            journal.prepare(config.state_dir)
+        except OSError as exc:
+            inflight = journal.inflight_dir(config.state_dir)
+            raise StartupError(f"cannot create state_dir {inflight}: {exc.strerror}") from None
+
     def _recover_uploads(self, config: Config) -> None:
         """Delete temporary files of uploads a previous run did not finish (kill -9)."""
-        journal.prepare(config.state_dir)
         removed = journal.recover(config.state_dir)
         if removed:
             self.log.warning("removed_unfinished_uploads", files=removed)
@@ -114,12 +153,20 @@ class Daemon:
         bound: dict[tuple[str, int], RadminServer] = {}
         try:
             for address in addresses:
-                bound[address] = RadminServer(address, self.state)
-        except OSError:
+                bound[address] = self._bind(address)
+        except StartupError:
             for server in bound.values():
                 server.server_close()
             raise
         return bound
+
+    def _bind(self, address: tuple[str, int]) -> RadminServer:
+        try:
+            return RadminServer(address, self.state)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {_address_text(address)}: {exc.strerror or exc}"
+            ) from None
 
     def _start(self, servers: dict[tuple[str, int], RadminServer]) -> None:
         for server in servers.values():
@@ -211,18 +258,23 @@ class Daemon:
         path = self.state.config.path
         try:
             config = load_config(path)
+            self._prepare_folders(config)
             added = self._bind_all(a for a in config.listen if a not in self.servers)
         except ConfigError as exc:
             return self._reload_rejected(path, exc.problems)
+        except StartupError as exc:
+            return self._reload_rejected(path, [str(exc)])
         except (OSError, ValueError) as exc:
             return self._reload_rejected(path, [f"{type(exc).__name__}: {exc}"])
         try:
+            _configure_logging(config)
             self.state.apply(config)
+        except StartupError as exc:
+            self._close(added.values())
+            return self._reload_rejected(path, [str(exc)])
         except (OSError, ValueError) as exc:  # e.g. the key no longer loads
             self._close(added.values())
             return self._reload_rejected(path, [f"{type(exc).__name__}: {exc}"])
-        journal.prepare(config.state_dir)
-        configure_logging(config.log.level, config.log.format, log_file=config.log.file)
         removed = [self.servers.pop(a) for a in list(self.servers) if a not in config.listen]
         self._close(removed)
         self.servers.update(added)

@@ -110,7 +110,10 @@ def _daemon_main(pid_file: PidFile, ready_fd: int, start: Callable[[], Callable[
     try:
         serve = start()
     except Exception as exc:  # anything that stops the start must reach the admin
-        _tell(ready_fd, f"{type(exc).__name__}: {exc}")
+        # radmin's own errors are already worded for the admin; others need their type.
+        _tell(
+            ready_fd, str(exc) if isinstance(exc, RadminError) else f"{type(exc).__name__}: {exc}"
+        )
         context.close()
         return
     _tell(ready_fd, f"ready {os.getpid()}")

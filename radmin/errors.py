@@ -126,6 +126,12 @@ class LocalFileError(RadminError):
     """A local file could not be read or written as a transfer needs (exit status 1)."""
 
 
+class StartupError(RadminError):
+    """The daemon cannot start, or apply a reload, as configured: a log file it cannot
+    open, identities it cannot load, a folder it cannot create, an address it cannot
+    listen on. The message names which, for the admin's terminal or the log."""
+
+
 class ConfigError(RadminError):
     """A config file is invalid; carries every problem, each as `FILE:LINE: KEY: what`."""
 

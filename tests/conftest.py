@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Daemon, client_entry, make_client_home, prepare_daemon
+from support import (
+    ConfigFileDaemon,
+    Daemon,
+    client_entry,
+    make_client_home,
+    prepare_daemon,
+)
 
 from radmin.identity import ClientHome, create_identity
 
@@ -39,6 +45,21 @@ def daemon_factory(tmp_path, server_identity) -> Iterator:
         return daemon.start()
 
     yield make
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def file_daemon_factory() -> Iterator:
+    """start(path) -> a radmind running from the config file at `path` as it is."""
+    started: list[Daemon] = []
+
+    def start(config_path: Path) -> Daemon:
+        daemon = ConfigFileDaemon(config_path)
+        started.append(daemon)
+        return daemon.start()
+
+    yield start
     for daemon in started:
         daemon.stop()
 

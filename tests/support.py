@@ -328,3 +328,30 @@ def expired_identity(folder: Path) -> Path:
         f.write(pem)
     (folder / "identity.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return folder
+
+
+def run_radmind(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `radmind` to completion (check, init, fingerprint, a failing run);
+    $RADMIN_CONFIG is not inherited from the test runner."""
+    full_env = {k: v for k, v in os.environ.items() if k != "RADMIN_CONFIG"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [RADMIND, *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout
+    )
+
+
+class ConfigFileDaemon(Daemon):
+    """A radmind started from a config file exactly as an admin wrote it (comments,
+    pasted blocks, relative paths), where `Daemon` writes a dict of the test's."""
+
+    def __init__(self, config_path: Path):
+        super().__init__(config_path.parent, yaml.safe_load(config_path.read_text()))
+        self.config_path = config_path
+        identity = self.config.setdefault("identity", {})
+        for name, default in (("key", "server.key"), ("cert", "server.crt")):
+            identity[name] = str(config_path.parent / identity.get(name, default))  # trust()
+
+    def write_config(self, config: dict[str, Any] | None = None) -> None:
+        """The file is the admin's: it is never rewritten."""

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from docsupport import console_examples, fenced_blocks
 from support import RADMIND, expired_identity, make_client_home
 
 CONFIG = """\
@@ -139,25 +140,17 @@ def test_check_warns_about_a_certificate_past_its_date(config, tmp_path):
     assert "clients.web.cert: warning: certificate expired on" in result.stderr
 
 
-def _console_examples(text: str) -> list[tuple[str, str]]:
-    """(command line, expected output) for each `$ ` line of the ```console blocks."""
-    examples: list[tuple[str, str]] = []
-    for block in re.findall(r"```console\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
-            if line.startswith("$ "):
-                examples.append((line[2:], ""))
-            else:
-                command, output = examples[-1]
-                examples[-1] = (command, output + line + "\n")
-    return examples
-
-
 def test_the_examples_in_docs_policy_md_say_what_radmind_says(config):
     doc = (Path(__file__).resolve().parent.parent / "docs" / "policy.md").read_text()
     example_clients = re.search(r"```yaml\n(clients:.*?)```", doc, flags=re.S)
     assert example_clients, "docs/policy.md lost its example config"
     assert example_clients.group(1) in CONFIG  # the doc shows the config tested here
-    examples = _console_examples(doc)
+    examples = [
+        (command, output)
+        for block in fenced_blocks(doc)
+        if block.language == "console"
+        for _, command, output in console_examples(block)
+    ]
     assert len(examples) >= 5
     for command_line, expected in examples:
         words = shlex.split(command_line)

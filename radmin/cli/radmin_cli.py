@@ -45,9 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     keygen = commands.add_parser("keygen", help="create this client's identity")
     keygen.add_argument("--force", action="store_true", help="replace an existing identity")
     _trust_options(keygen, hosts=False)
-    _trust_options(
-        commands.add_parser("fingerprint", help="print this client's fingerprint"), hosts=False
+    fingerprint = commands.add_parser("fingerprint", help="print this client's fingerprint")
+    fingerprint.add_argument(
+        "--paste", action="store_true", help="print keygen's block for the daemon's clients:"
     )
+    _trust_options(fingerprint, hosts=False)
     ping = commands.add_parser("ping", help="authenticated round trip to each host")
     ping.add_argument("hosts", metavar="HOSTS", help="host[:port],alias,@group,...")
     ping.add_argument("-p", "--parallel", type=int, default=32, metavar="N")
@@ -168,9 +170,6 @@ ALLOW_EXAMPLE = """\
 
 
 def _keygen(args: argparse.Namespace, home) -> int:
-    import getpass
-    import socket
-
     from radmin.errors import RadminError
     from radmin.identity import create_identity
 
@@ -179,34 +178,50 @@ def _keygen(args: argparse.Namespace, home) -> int:
     except RadminError as exc:
         _error(str(exc))
         return EXIT_FAILED
-    name = f"{getpass.getuser()}@{socket.gethostname().split('.')[0]}"
-    pem = home.cert.read_text().strip().replace("\n", "\n        ")
     print(f"Created {home.key} (mode 0600) and {home.cert}")
     print(f"Fingerprint: {client_fp}")
     print()
-    print("To authorize this client, add these lines under clients: in the daemon's radmind.yaml")
-    print("(adjust the allow: rules), then reload it (systemctl reload radmind):")
+    print("To authorize this client, paste these lines under clients: in the daemon's")
+    print("radmind.yaml (radmind init writes clients: last: appending them to the file works),")
+    print("adjust the allow: rules, then reload it (systemctl reload radmind).")
+    print("radmin-cli fingerprint --paste prints them again.")
     print()
-    print(f"  {name}:")
-    print("    cert: |")
-    print(f"        {pem}")
-    print(ALLOW_EXAMPLE, end="")
+    print(_paste_block(home), end="")
     print()
-    print(f"Or copy {home.cert} to the daemon host and write  cert: clients/{name}.crt")
+    print(f"Or copy {home.cert} to the daemon host and write  cert: clients/{_client_name()}.crt")
     return EXIT_OK
+
+
+def _client_name() -> str:
+    """The name the paste block gives this client: user@host, as ssh keys say it."""
+    import getpass
+    import socket
+
+    return f"{getpass.getuser()}@{socket.gethostname().split('.')[0]}"
+
+
+def _paste_block(home) -> str:
+    """This client's entry for the daemon's `clients:`: the certificate inline and the
+    least-privilege rules; the same text from keygen and from `fingerprint --paste`."""
+    pem = home.cert.read_text().strip().replace("\n", "\n        ")
+    return f"  {_client_name()}:\n    cert: |\n        {pem}\n{ALLOW_EXAMPLE}"
 
 
 def _fingerprint(args: argparse.Namespace, home) -> int:
     from radmin.identity import cert_file_fingerprint
 
     try:
-        print(cert_file_fingerprint(home.cert))
+        client_fp = cert_file_fingerprint(home.cert)
     except FileNotFoundError:
         _error(f"no client identity in {home.path}: run 'radmin-cli keygen' first")
         return EXIT_FAILED
     except ValueError as exc:
         _error(f"{home.cert}: {exc}")
         return EXIT_FAILED
+    if args.paste:
+        sys.stdout.write(_paste_block(home))
+    else:
+        print(client_fp)
     return EXIT_OK
 
 

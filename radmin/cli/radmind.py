@@ -150,17 +150,13 @@ def _run(path: Path, detach: bool, pidfile: str | None) -> int:
 
 
 def _start(config) -> Callable[[], None]:
-    """Load identities, bind every listener, start serving; return the signal loop."""
+    """Load identities, make folders, bind every listener, start serving; return the
+    signal loop. A step that fails raises StartupError (a RadminError) naming what
+    failed: `cannot listen on 127.0.0.1:7420: Address already in use`."""
     from radmin.daemon import Daemon
 
-    try:
-        daemon = Daemon(config)
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        raise RadminError(f"cannot load the identity or client certificates: {exc}") from None
-    try:
-        daemon.bind()
-    except OSError as exc:
-        raise RadminError(f"cannot listen: {exc.strerror or exc}") from None
+    daemon = Daemon(config)
+    daemon.bind()
     daemon.install_signal_handlers()
     daemon.serve()
     return daemon.run_until_stopped

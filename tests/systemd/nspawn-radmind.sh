@@ -93,10 +93,16 @@ IN env PYTHON="$realpy" /src/scripts/install-systemd --wheels /wheels >/dev/null
 [ "$(IN /opt/radmin/bin/radmind fingerprint -c /etc/radmin/radmind.yaml)" = "$fp1" ] \
   && ok "re-running the installer keeps the identity" || nok "identity replaced"
 
-# authorize a local client, as the install guide tells the admin to
+# authorize a local client, as the install guide tells the admin to: its block appended
+# to radmind.yaml, whose last section is the clients: that init wrote
 IN /opt/radmin/bin/radmin-cli keygen --home /root/cli >/dev/null
 IN cp /root/cli/identity.crt /etc/radmin/clients/ops.crt
-IN sed -i 's#^clients: {}#clients:\n  ops:\n    cert: clients/ops.crt\n    allow:\n      exec: ["*"]#' /etc/radmin/radmind.yaml
+IN sh -c 'cat >> /etc/radmin/radmind.yaml' <<'YAML'
+  ops:
+    cert: clients/ops.crt
+    allow:
+      exec: ["*"]
+YAML
 IN /opt/radmin/bin/radmind check -c /etc/radmin/radmind.yaml >/dev/null && ok "radmind check: ok" || nok "check"
 # a short watchdog so the test can see it at work
 IN mkdir -p /etc/systemd/system/radmind.service.d
