@@ -421,19 +421,36 @@ def test_exec_timeout_kills_a_group_that_ignores_sigterm(host, home):
         home, "exec", "-t", "0.5", host, f"trap '' TERM; sleep {marker} & sleep {marker}"
     )
     assert time.monotonic() - started < 6
-    assert result.returncode == 137, result.stderr  # SIGKILL after the grace period
+    # SIGKILLed after the grace period, yet -t ended it: 143, as every -t timeout.
+    assert result.returncode == 143, result.stderr
     assert b"timed out" in result.stderr
     wait_until_gone(marker, timeout=1.0)
 
 
-def test_exec_timeout_is_capped_by_the_daemons_exec_timeout(daemon_factory, client_home):
+def test_exec_timeout_above_the_daemons_exec_timeout_is_refused(
+    daemon_factory, client_home, tmp_path
+):
     daemon = daemon_factory(
         {"ops": client_entry(client_home)}, limits={"handshake_timeout": 2, "exec_timeout": 1}
     )
     trust(client_home, daemon)
+    witness = tmp_path / "ran"
+    result = run_cli(client_home, "exec", "-t", "60", daemon.address, f"touch {witness}")
+    assert result.returncode == 126, result.stderr
+    message = result.stderr.decode()
+    assert message.count("\n") == 1 and "limits.exec_timeout" in message, message
+    assert "refused: " in message and "bad_request" not in message
+    assert not witness.exists()
+
+
+def test_exec_without_t_is_ended_by_the_daemons_exec_timeout(daemon_factory, client_home):
+    daemon = daemon_factory(
+        {"ops": client_entry(client_home)}, limits={"handshake_timeout": 2, "exec_timeout": 0.5}
+    )
+    trust(client_home, daemon)
     marker = new_marker()
     started = time.monotonic()
-    result = run_cli(client_home, "exec", "-t", "60", daemon.address, f"sleep {marker}")
+    result = run_cli(client_home, "exec", daemon.address, f"sleep {marker}")
     assert time.monotonic() - started < 5
     assert result.returncode == 143, result.stderr
     assert b"timed out" in result.stderr

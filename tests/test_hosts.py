@@ -264,12 +264,11 @@ def test_hostbook_empty_entries_are_errors(book, spec):
         book.resolve(spec)
 
 
-def test_hostbook_alias_with_a_bad_port_is_a_host_spec_error(tmp_path):
+def test_hostbook_alias_with_a_bad_port_is_an_error_naming_file_line_and_key(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("hosts:\n  web1: 10.0.0.11:99999\n")
-    book = HostBook.load(path)
-    with pytest.raises(HostSpecError, match="port"):
-        book.resolve("web1")
+    with pytest.raises(HostSpecError, match=rf"^{path}:2: hosts\.web1: .*port"):
+        HostBook.load(path)
 
 
 def test_hostbook_bad_port_in_the_argument_is_a_host_spec_error(book):
