@@ -117,17 +117,13 @@ def run_parallel(
     """
 
     def one(target: Target) -> HostOutcome:
-        try:
-            if stop is not None and stop.is_set():
-                outcome = HostOutcome(target, SKIPPED, f"not started ({stop.reason})")
-            else:
-                outcome = work(target)
-            if report is not None:
-                report(outcome)
-        except Exception as exc:
-            return HostOutcome(
-                target, CRASHED, f"internal error in radmin-cli: {type(exc).__name__}: {exc}"
-            )
+        if stop is not None and stop.is_set():
+            outcome = HostOutcome(target, SKIPPED, f"not started ({stop.reason})")
+        else:
+            outcome = _guarded(target, work, target)
+        if report is not None:
+            crashed = _guarded(target, report, outcome)  # None once reported
+            return crashed or outcome
         return outcome
 
     if len(targets) == 1:
@@ -152,6 +148,16 @@ def run_parallel(
     for thread in threads:
         thread.join()
     return results
+
+
+def _guarded(target: Target, call: Callable[[Any], Any], arg: Any) -> Any:
+    """call(arg), or `target`'s CRASHED outcome if it raised."""
+    try:
+        return call(arg)
+    except Exception as exc:
+        return HostOutcome(
+            target, CRASHED, f"internal error in radmin-cli: {type(exc).__name__}: {exc}"
+        )
 
 
 FDS_PER_CONNECTION = 4  # the socket, plus a command's stdin pipe and room for files
@@ -228,7 +234,10 @@ def _brief(exc: TransportError) -> str | None:
 
 def _local_error(exc: OSError) -> str:
     """An OSError that names no file: from a socket or pipe (EMFILE, ENOBUFS...)."""
-    return f"local error: {exc.strerror or exc}"
+    import errno
+
+    hint = " (ulimit -n, or a lower -p)" if exc.errno in (errno.EMFILE, errno.ENFILE) else ""
+    return f"local error: {exc.strerror or exc}{hint}"
 
 
 def exec_on_host(

@@ -136,8 +136,8 @@ class HostBook:
 
 # radmin has no `user@` in HOSTS: who runs a command is the daemon's decision.
 _NO_USER = (
-    "{entry!r}: radmin does not choose the user in HOSTS: each daemon runs commands and "
-    "writes files as the run_as user its radmind.yaml gives this client; write {host!r}"
+    "{entry!r}: HOSTS names no user: each daemon runs your commands and writes your files "
+    "as the run_as user its radmind.yaml sets for this client; write {host!r}"
 )
 _STR, _INT, _NULL = (f"tag:yaml.org,2002:{kind}" for kind in ("str", "int", "null"))
 
