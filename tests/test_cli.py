@@ -37,6 +37,7 @@ from support import (
     start_three_address_daemon,
     trust,
     wait_for_processes,
+    wait_until,
     wait_until_gone,
 )
 
@@ -283,10 +284,27 @@ def test_ping_ctrl_c_while_connecting_exits_130_promptly(client_home):
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err
-    assert err.decode().splitlines()[-1] == (
+    assert err.decode().splitlines() == [  # no line per host: the user knows why
         f"1 cancelled (127.0.0.1:{port}: cancelled), "
         f"1 skipped (127.0.0.2:{port}: not started (interrupted))"
-    )
+    ]
+
+
+def test_put_ctrl_c_mid_upload_exits_130_and_leaves_nothing(fleet, tmp_path):
+    local = tmp_path / "big"
+    with open(local, "wb") as f:
+        f.truncate(4 * 1024**3)  # sparse: read at memory speed, longer to send than to stop
+    uploads = fleet.daemon.folder / "uploads"
+    proc = start_cli(fleet.home, "put", str(local), fleet.hosts[0], f"{uploads}/big")
+    try:
+        wait_until(lambda: list(uploads.glob(".radmin-upload-*")), 10, "the upload to start")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=5) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_until(lambda: not list(uploads.glob(".radmin-upload-*")), 10, "the temporary file to go")
+    assert not (uploads / "big").exists()
 
 
 # -- 3. run ids ---------------------------------------------------------------------------

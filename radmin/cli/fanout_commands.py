@@ -130,8 +130,9 @@ class Run:
 
     def report_failure(self, outcome: HostOutcome) -> None:
         """One line on stderr for a host that did not succeed; a changed host key's loud
-        warning in full once, then briefly."""
-        if self.quiet or outcome.error is None:
+        warning in full once, then briefly. Hosts stopped or skipped by Ctrl-C are left
+        to the summary: the user knows why."""
+        if self.quiet or outcome.error is None or outcome.kind in (CANCELLED, SKIPPED):
             return
         message = outcome.error
         if outcome.brief is not None:
