@@ -1,8 +1,8 @@
 """Many hosts at once: a bounded pool of threads and one typed outcome per host.
 
-Knows nothing about exit statuses or how outcomes are printed: radmin/cli/radmin_cli.py
-turns outcomes into both. Every function here that works on a host returns a
-HostOutcome and never raises.
+Knows nothing about exit statuses or how outcomes are printed: radmin/cli/ turns
+outcomes into both (radmin_cli.exit_status, fanout_commands). Every function here that
+works on a host returns a HostOutcome and never raises.
 
 Threads, not asyncio: the work is blocking TLS I/O that releases the GIL, and asyncio
 alone costs ~90 ms to import on the client's start-up path.
