@@ -346,9 +346,9 @@ def test_run_id_option_is_sent_and_in_every_json_object(fleet, tmp_path):
         records = [json.loads(line) for line in result.stdout.decode().splitlines()]
         assert [r["run_id"] for r in records] == ["CHG-4711.a_b"] * 3
     logged = [e for e in fleet.daemon.events() if e.get("run_id") == "CHG-4711.a_b"]
-    assert sorted(e["op"] for e in logged if e.get("event") == "request") == ["exec"] * 3 + [
-        "put"
-    ] * 3
+    assert (
+        sorted(e["op"] for e in logged if e.get("event") == "request") == ["exec"] * 3 + ["put"] * 3
+    )
 
 
 @pytest.mark.parametrize("run_id", ["", "-x", "_x", "a b", "a/b", "é", "x" * 65])
@@ -612,9 +612,7 @@ def _lowest_fd_limit_python_starts_with() -> int:
 # -- 8. the messages users read -----------------------------------------------------------
 
 
-def test_refusals_say_what_refused_them_without_internal_codes(
-    daemon_factory, client_home, fleet
-):
+def test_refusals_say_what_refused_them_without_internal_codes(daemon_factory, client_home, fleet):
     daemon = daemon_factory({"ops": restricted_entry(client_home)})
     trust(client_home, daemon)
     policy = run_cli(client_home, "exec", daemon.address, "rm -rf /nothing")
