@@ -12,7 +12,7 @@ import pytest
 from support import run_cli
 
 from radmin import DEFAULT_PORT
-from radmin.hosts import HostBook, HostSpecError, Target, parse_host_port
+from radmin.hosts import HostBook, HostSpecError, Target, fold, parse_host_port
 
 # -- parse_host_port ------------------------------------------------------------------
 
@@ -300,3 +300,26 @@ def test_cli_bad_port_is_a_usage_error(client_home):
     assert result.returncode == 2
     assert b"port" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+# -- fold: a set of hosts as ClusterShell writes it --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("labels", "folded"),
+    [
+        (["web1"], "web1"),
+        (["web1", "web2", "web3", "web5"], "web[1-3,5]"),
+        (["web3", "web1", "web2", "web2"], "web[1-3]"),
+        (["web01", "web02", "web03", "web10"], "web[01-03,10]"),
+        (["web9", "web08", "web10"], "web9,web[08,10]"),  # web9 is not web09
+        (["web1", "db1", "web2", "db2"], "web[1-2],db[1-2]"),
+        (["rack1-node1", "rack1-node2", "rack2-node1"], "rack1-node[1-2],rack2-node1"),
+        (["10.0.0.1:7420", "10.0.0.2:7420", "10.0.0.3:7420"], "10.0.0.[1-3]:7420"),
+        (["10.0.0.1:7421", "10.0.0.2:7422"], "10.0.0.1:7421,10.0.0.2:7422"),
+        (["[::1]:7420", "[::2]:7420"], "[::1]:7420,[::2]:7420"),  # brackets are IPv6 here
+        (["alpha", "beta", "alpha"], "alpha,beta"),
+    ],
+)
+def test_fold(labels, folded):
+    assert fold(labels) == folded

@@ -215,32 +215,32 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def _sort_words(
     sub: argparse.ArgumentParser, words: list[str], operands_before_command: int | None
 ) -> tuple[list[str], list[str], list[str]]:
-    """(option words, operands, command words) of a subcommand's arguments."""
+    """(option words, operands, command words) of a subcommand's arguments.
+
+    An option is a word `sub` knows, with its value if it takes one; before the command,
+    a word that only looks like an option counts as one too (argparse then reports it).
+    """
     options: list[str] = []
     operands: list[str] = []
-    index = 0
-    while index < len(words):
-        word = words[index]
+    rest = list(words)
+    while rest:
+        word = rest.pop(0)
         if word == "--":
-            operands += words[index + 1 :]
+            operands += rest
             break
-        taken = _option_words(sub, word)
-        in_command = operands_before_command is not None and len(operands) >= (
-            operands_before_command
-        )
-        if taken is None and (in_command or not word.startswith("-") or word == "-"):
-            if in_command:
-                operands += words[index:]
+        values = _option_words(sub, word)
+        if values is None:
+            if operands_before_command is not None and len(operands) >= operands_before_command:
+                operands += [word, *rest]  # the command: this word and all after it
                 break
-            operands.append(word)
-            index += 1
-            continue
-        taken = 1 + (taken or 0)  # an unknown option: argparse reports it
-        options += words[index : index + taken]
-        index += taken
-    if operands_before_command is None:
-        return options, operands, []
-    return options, operands[:operands_before_command], operands[operands_before_command:]
+            if not word.startswith("-") or word == "-":
+                operands.append(word)
+                continue
+        taken = values or 0
+        options += [word, *rest[:taken]]
+        del rest[:taken]
+    split = len(operands) if operands_before_command is None else operands_before_command
+    return options, operands[:split], operands[split:]
 
 
 def _option_words(sub: argparse.ArgumentParser, word: str) -> int | None:
