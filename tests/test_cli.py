@@ -394,6 +394,22 @@ def test_exec_piped_to_head_in_a_shell_ends_like_a_killed_writer(fleet):
     assert (result.stdout, result.stderr) == (b"1\nstatus 141\n", b"")
 
 
+def test_exec_with_stdout_closed_from_the_start_runs_the_command(fleet):
+    result = subprocess.run(
+        [
+            "sh",
+            "-c",
+            'exec "$0" exec "$1" "echo out; echo err >&2" >&-',
+            RADMIN_CLI,
+            fleet.hosts[0],
+        ],
+        capture_output=True,
+        env=cli_env(fleet.home),
+        timeout=30,
+    )
+    assert (result.returncode, result.stderr) == (0, b"err\n")
+
+
 # -- 5. -t: always 143, with several hosts and in --json ----------------------------------
 
 

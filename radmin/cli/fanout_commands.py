@@ -70,7 +70,7 @@ class Run:
         self.run_id = args.run_id or os.urandom(6).hex()
         self.stop = Cancellation()
         _stop_on_sigint(self.stop)
-        self.out = SharedOutput(sys.stdout.buffer, lambda: self.stop.cancel(OUTPUT_CLOSED))
+        self.out = SharedOutput(_binary(sys.stdout), lambda: self.stop.cancel(OUTPUT_CLOSED))
         self.options = ClientOptions(
             home,
             strict_host_key=args.strict_host_key,
@@ -145,6 +145,11 @@ class Run:
         import json
 
         self.out.write(json.dumps({**record, "run_id": self.run_id}).encode() + b"\n")
+
+
+def _binary(stream: Any) -> Any:
+    """A standard stream's bytes; /dev/null for one closed before we started (`>&-`)."""
+    return stream.buffer if stream is not None else open(os.devnull, "wb")
 
 
 def _unreadable(key: Any, cert: Any, exc: OSError) -> str:
@@ -223,7 +228,7 @@ def exec_command(args: argparse.Namespace, home: ClientHome) -> int:
         raise UsageError("exec: no COMMAND given")
     env = _parse_env(args.env)
     run = Run(args, home)
-    err = SharedOutput(sys.stderr.buffer)
+    err = SharedOutput(_binary(sys.stderr))
     exec_options = {
         "stdin": _exec_stdin(args.no_stdin, run.several),
         "cwd": args.cwd,

@@ -125,6 +125,8 @@ def silence(stream: Any) -> None:
 def stderr_line(text: str) -> None:
     """One line on stderr, in one write (lines from a fan-out's threads never
     interleave); a stderr nobody reads any more is not an error of ours."""
+    if sys.stderr is None:  # closed before we started (`2>&-`)
+        return
     try:
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
