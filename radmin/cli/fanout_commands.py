@@ -80,7 +80,8 @@ class Run:
             cancel_fd=self.stop.fd,
             run_id=self.run_id,
         )
-        self._warned_host_key = threading.Event()
+        self._warned_host_key = False  # the full warning is given once
+        self._lock = threading.Lock()
         if args.verbose:
             count = len(self.targets)
             hosts = fold(target.label for target in self.targets)
@@ -136,9 +137,10 @@ class Run:
             return
         message = outcome.error
         if outcome.brief is not None:
-            if self._warned_host_key.is_set():
+            with self._lock:
+                warned, self._warned_host_key = self._warned_host_key, True
+            if warned:
                 message = f"{outcome.brief} (see the warning above)"
-            self._warned_host_key.set()
         error(f"{outcome.target.label}: {message}")
 
     def json_line(self, record: dict[str, Any]) -> None:
