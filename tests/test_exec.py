@@ -395,6 +395,12 @@ def test_exec_time_limit_is_t_else_the_daemons_exec_timeout_else_none():
         parse_params({"command": "true", "timeout": 61}, 60)
 
 
+def test_exec_with_a_far_deadline_or_none_runs_normally(host, home):
+    for limit in (("-t", "1e12"), ()):  # beyond what poll() takes; no limit at all
+        result = run_cli(home, "exec", *limit, host, "sleep 0.1; echo done")
+        assert (result.returncode, result.stdout) == (0, b"done\n"), result.stderr
+
+
 def test_exec_without_t_is_ended_by_the_daemons_exec_timeout(daemon_factory, client_home):
     daemon = daemon_factory(
         {"ops": client_entry(client_home)}, limits={"handshake_timeout": 2, "exec_timeout": 0.5}

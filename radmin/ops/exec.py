@@ -405,8 +405,7 @@ class ProcessPump:
         wait = min(timers) - now
         if self.pidfd is None and self.status is None:
             wait = min(wait, 0.05)
-        if wait == float("inf"):
-            return -1  # no time limit: poll() until something happens
+        wait = min(wait, 86400.0)  # no or a far deadline: poll() takes at most ~24 days
         return max(0, int(wait * 1000) + 1)
 
     # -- events ------------------------------------------------------------------------
