@@ -227,6 +227,15 @@ def _positive(kind: type) -> Converter:
     return convert
 
 
+def _optional(convert: Converter) -> Converter:
+    """`convert`, or None for a null value (a limit that is off)."""
+
+    def optional(value: Any, ctx: _Context) -> Any:
+        return None if value is None else convert(value, ctx)
+
+    return optional
+
+
 def parse_size(value: Any, ctx: _Context | None = None) -> int:
     """Bytes from `1048576`, `512MiB`, `10GiB`, `10G`, `1.5T` (units are powers of 1024)."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -393,7 +402,12 @@ SCHEMA: Schema = {
             "30",
         ),
         "exec_timeout": Setting(
-            _positive(float), 3600.0, "Seconds, the ceiling for exec -t.", "3600"
+            _optional(_positive(float)),
+            None,
+            "Seconds a command may run without -t, and the most -t may ask for (more is "
+            "refused); null or absent: no limit.",
+            "3600",
+            commented=True,
         ),
         "max_put_size": Setting(
             parse_size, 10 * 1024**3, "Largest upload (units KiB, MiB, GiB, TiB).", "10GiB"
@@ -500,7 +514,7 @@ class Limits:
     handshake_timeout: float
     idle_timeout: float
     frame_timeout: float
-    exec_timeout: float
+    exec_timeout: float | None
     max_put_size: int
     shutdown_grace: float
     kill_grace: float

@@ -97,6 +97,10 @@ class HostKeyError(TrustError):
     """The daemon's fingerprint is unknown (strict mode), changed or not the pinned one."""
 
 
+class HostKeyChanged(HostKeyError):
+    """known_hosts names another key for this host: someone may be impersonating it."""
+
+
 class NotAuthorizedByDaemon(TrustError):
     """The daemon does not list this client's certificate (or no longer does)."""
 

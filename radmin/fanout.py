@@ -1,4 +1,8 @@
-"""Many hosts at once: a bounded pool of threads, per-host outcomes, prefixes, summaries.
+"""Many hosts at once: a bounded pool of threads and one typed outcome per host.
+
+Knows nothing about exit statuses or how outcomes are printed: radmin/cli/ turns
+outcomes into both (radmin_cli.exit_status, fanout_commands). Every function here that
+works on a host returns a HostOutcome and never raises.
 
 Threads, not asyncio: the work is blocking TLS I/O that releases the GIL, and asyncio
 alone costs ~90 ms to import on the client's start-up path.
@@ -6,51 +10,126 @@ alone costs ~90 ms to import on the client's start-up path.
 
 from __future__ import annotations
 
-import base64
-import json
+import os
 import threading
 from collections import namedtuple
 from collections.abc import Callable, Sequence
 
 from radmin.client import Cancelled, ClientOptions, ExecResult, PutResult, RemoteError, connect
-from radmin.errors import LocalFileError, TransportError
-from radmin.hosts import Target
+from radmin.errors import HostKeyChanged, LocalFileError, TransportError
+from radmin.hosts import Target, fold
 
 # Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO, TypeVar
+    from typing import Any, BinaryIO
 
-    T = TypeVar("T")
-    R = TypeVar("R")
+    from radmin.client import Connection
 
+# What happened on a host (HostOutcome.kind), in the order a summary lists them.
 OK, CHANGED, UNCHANGED = "ok", "changed", "unchanged"
-FAILED, UNREACHABLE = "failed", "unreachable"
+FAILED = "failed"  # the command exited non-zero or timed out; the upload failed on the host
+REFUSED = "refused"  # the daemon refused the request (policy, bad request, a limit)
+UNREACHABLE = "unreachable"  # not reached, authenticated or spoken to (or a local error)
+CANCELLED = "cancelled"  # stopped while running (Ctrl-C, or our stdout went away)
+SKIPPED = "skipped"  # never started, because the run was stopped
+CRASHED = "crashed"  # radmin-cli itself failed while working on this host (a bug)
+KINDS = (OK, CHANGED, UNCHANGED, FAILED, REFUSED, UNREACHABLE, CANCELLED, SKIPPED, CRASHED)
 SUCCESS = frozenset({OK, CHANGED, UNCHANGED})
+
+# Why a run stops early (Cancellation.reason).
+INTERRUPTED = "interrupted"  # Ctrl-C
+OUTPUT_CLOSED = "output closed"  # the reader of our stdout went away (`| head -1`)
+
 _MAX_PARTIAL_LINE = 64 * 1024
+
+# The daemon's RESULT error codes, as the user reads them.
+_REMOTE_PREFIX = {
+    "denied": "refused by the daemon's policy",
+    "bad_request": "refused",
+    "limit": "limit reached",
+    "failed": "failed",
+}
+
+
+_OUTCOME_FIELDS = "target kind error result brief"
+
+
+class HostOutcome(namedtuple("HostOutcome", _OUTCOME_FIELDS, defaults=(None, None, None))):
+    """What happened on one host.
+
+    `kind`: one of KINDS. `error`: why, in one line (None on success and for a
+    command's own non-zero exit). `result`: the ExecResult, PutResult or PingResult when
+    the host answered. `brief`: a short form of a long `error` for summaries.
+    """
+
+    __slots__ = ()
+
+    def reason(self) -> str:
+        """What a summary says about this host."""
+        if self.brief or self.error:
+            return self.brief or self.error
+        result = self.result
+        if not isinstance(result, ExecResult):
+            return self.kind
+        if result.timed_out:
+            return "timed out"
+        if result.exit_code is None:
+            return f"killed by signal {result.signal}"
+        return f"exit {result.exit_code}"
+
+
+class Cancellation:
+    """Stops a fan-out early, for a `reason` (INTERRUPTED or OUTPUT_CLOSED).
+
+    Hosts not started yet are skipped, and `fd` turns readable for good: every wait in
+    radmin.client watches it, so connecting hosts give up and running commands are
+    cancelled (the daemon kills their process groups and confirms). No lock: cancel()
+    runs in a signal handler too.
+    """
+
+    def __init__(self) -> None:
+        self.fd, self._write_fd = os.pipe()
+        self.reason: str | None = None
+
+    def is_set(self) -> bool:
+        return self.reason is not None
+
+    def cancel(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            os.write(self._write_fd, b"x")
 
 
 def run_parallel(
-    items: Sequence[T],
-    work: Callable[[T], R],
+    targets: Sequence[Target],
+    work: Callable[[Target], HostOutcome],
     parallel: int,
-    stop: threading.Event | None = None,
-    skipped: Callable[[T], R] | None = None,
-) -> list[R]:
-    """Run `work` on every item with at most `parallel` at once; `work` must not raise.
+    stop: Cancellation | None = None,
+    report: Callable[[HostOutcome], None] | None = None,
+) -> list[HostOutcome]:
+    """Run `work` on every target with at most `parallel` at once, and `report` each
+    outcome as soon as it is known; never raises.
 
-    Once `stop` is set (Ctrl-C), items not yet started get `skipped(item)` instead.
+    A target whose `work` (or `report`) raises gets a CRASHED outcome: the other hosts
+    go on, as a bug in one host's path must not lose the others' results. Once `stop` is
+    set, targets not started yet are SKIPPED.
     """
 
-    def one(item: T) -> R:
-        if stop is not None and skipped is not None and stop.is_set():
-            return skipped(item)
-        return work(item)
+    def one(target: Target) -> HostOutcome:
+        if stop is not None and stop.is_set():
+            outcome = HostOutcome(target, SKIPPED, f"not started ({stop.reason})")
+        else:
+            outcome = _guarded(target, work, target)
+        if report is not None:
+            crashed = _guarded(target, report, outcome)  # None once reported
+            return crashed or outcome
+        return outcome
 
-    if len(items) == 1:
-        return [one(items[0])]
-    results: list[Any] = [None] * len(items)
-    next_index = iter(range(len(items)))
+    if len(targets) == 1:
+        return [one(targets[0])]
+    results: list[Any] = [None] * len(targets)
+    next_index = iter(range(len(targets)))
     lock = threading.Lock()
 
     def worker() -> None:
@@ -59,9 +138,9 @@ def run_parallel(
                 index = next(next_index, None)
             if index is None:
                 return
-            results[index] = one(items[index])
+            results[index] = one(targets[index])
 
-    workers = min(max(1, parallel), len(items))
+    workers = min(max(1, parallel), len(targets))
     ensure_fd_room(workers)
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
     for thread in threads:
@@ -69,6 +148,16 @@ def run_parallel(
     for thread in threads:
         thread.join()
     return results
+
+
+def _guarded(target: Target, call: Callable[[Any], Any], arg: Any) -> Any:
+    """call(arg), or `target`'s CRASHED outcome if it raised."""
+    try:
+        return call(arg)
+    except Exception as exc:
+        return HostOutcome(
+            target, CRASHED, f"internal error in radmin-cli: {type(exc).__name__}: {exc}"
+        )
 
 
 FDS_PER_CONNECTION = 4  # the socket, plus a command's stdin pipe and room for files
@@ -89,37 +178,139 @@ def ensure_fd_room(connections: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
 
 
-class HostOutcome(namedtuple("HostOutcome", "target kind status error result", defaults=(None,))):
-    """`kind`: OK, CHANGED, UNCHANGED, FAILED or UNREACHABLE; `status`: what the CLI would
-    exit with for this host alone; `error`: why it failed or was unreachable (None for a
-    plain non-zero exit); `result`: the ExecResult or PutResult, if any."""
+# -- one host -----------------------------------------------------------------------------
 
-    __slots__ = ()
 
-    def reason(self) -> str:
-        if self.error:
-            return self.error
-        result = self.result
-        if not isinstance(result, ExecResult):
-            return "failed"
-        if result.timed_out:
-            return "timed out"
-        if result.exit_code is None:
-            return f"killed by signal {result.signal}"
-        return f"exit {result.exit_code}"
+def on_host(
+    target: Target,
+    options: ClientOptions,
+    request: Callable[[Connection], Any],
+    local_file: str | None = None,
+) -> HostOutcome:
+    """Connect, run `request`, and classify what happened; never raises.
+
+    The one place a host's failures become outcomes. A local OSError (unreadable
+    known_hosts, a read-only home, no file descriptor left for the socket) is this
+    host's failure like an unreachable host, except for `local_file` (the file given
+    to put): that one fails the upload (FAILED), as a failure on the host would.
+    """
+    try:
+        with connect(target, options) as conn:
+            result = request(conn)
+    except TransportError as exc:
+        return HostOutcome(target, UNREACHABLE, str(exc), brief=_brief(exc))
+    except Cancelled:
+        return HostOutcome(target, CANCELLED, "cancelled")
+    except RemoteError as exc:
+        kind = FAILED if exc.code == "failed" else REFUSED
+        return HostOutcome(target, kind, f"{_REMOTE_PREFIX.get(exc.code, 'failed')}: {exc}")
+    except LocalFileError as exc:  # put's own FILE: the upload failed
+        return HostOutcome(target, FAILED, str(exc))
+    except OSError as exc:
+        message = f"{exc.filename}: {exc.strerror}" if exc.filename else _local_error(exc)
+        kind = FAILED if local_file is not None and exc.filename == local_file else UNREACHABLE
+        return HostOutcome(target, kind, message)
+    kind = _kind_of(result)
+    return HostOutcome(target, kind, "cancelled" if kind == CANCELLED else None, result)
+
+
+def _kind_of(result: Any) -> str:
+    """A command's own end (ok, failed, timed out or cancelled); an upload's changed or
+    unchanged; a ping's ok."""
+    if isinstance(result, ExecResult):
+        if result.cancelled:
+            return CANCELLED
+        return OK if result.status == 0 and not result.timed_out else FAILED
+    if isinstance(result, PutResult):
+        return CHANGED if result.status == CHANGED else UNCHANGED
+    return OK
+
+
+def _brief(exc: TransportError) -> str | None:
+    """A changed host key's warning is long and loud: shown once in full, then by this
+    (each host in a summary)."""
+    return "HOST KEY CHANGED" if isinstance(exc, HostKeyChanged) else None
+
+
+def _local_error(exc: OSError) -> str:
+    """An OSError that names no file: from a socket or pipe (EMFILE, ENOBUFS...)."""
+    import errno
+
+    hint = " (ulimit -n, or a lower -p)" if exc.errno in (errno.EMFILE, errno.ENFILE) else ""
+    return f"local error: {exc.strerror or exc}{hint}"
+
+
+def exec_on_host(
+    target: Target,
+    options: ClientOptions,
+    command: str,
+    on_stdout: Callable[[bytes], None],
+    on_stderr: Callable[[bytes], None],
+    **exec_options: Any,
+) -> HostOutcome:
+    """Run one command on one host; never raises."""
+
+    def request(conn: Connection) -> ExecResult:
+        return conn.exec(command, on_stdout=on_stdout, on_stderr=on_stderr, **exec_options)
+
+    return on_host(target, options, request)
+
+
+def put_on_host(
+    target: Target,
+    options: ClientOptions,
+    local_path: str,
+    remote_path: str | None,
+    **put_options: Any,
+) -> HostOutcome:
+    """Upload to one host; never raises."""
+    return on_host(
+        target,
+        options,
+        lambda conn: conn.put(local_path, remote_path, **put_options),
+        local_file=local_path,
+    )
+
+
+def ping_on_host(target: Target, options: ClientOptions) -> HostOutcome:
+    """One authenticated round trip; never raises."""
+    return on_host(target, options, lambda conn: conn.ping())
+
+
+# -- output -------------------------------------------------------------------------------
 
 
 class SharedOutput:
-    """A binary stream several threads write whole chunks to."""
+    """A binary stream several threads write whole chunks to.
 
-    def __init__(self, stream: BinaryIO):
+    When its reader goes away (`radmin-cli exec ... | head -1`), the stream is pointed
+    at /dev/null (so nothing is reported at exit) and `on_closed` is called once: the
+    run stops, quietly, as a shell pipeline's writer would.
+    """
+
+    def __init__(self, stream: BinaryIO, on_closed: Callable[[], None] | None = None):
         self.stream = stream
+        self.on_closed = on_closed
+        self.closed = False
         self.lock = threading.Lock()
 
     def write(self, data: bytes) -> None:
         with self.lock:
-            self.stream.write(data)
-            self.stream.flush()
+            if self.closed:
+                return
+            try:
+                self.stream.write(data)
+                self.stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        self.closed = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.stream.fileno())
+        os.close(devnull)
+        if self.on_closed is not None:
+            self.on_closed()
 
 
 class LinePrefixer:
@@ -147,116 +338,19 @@ class LinePrefixer:
             self.pending = b""
 
 
-def exec_on_host(
-    target: Target,
-    options: ClientOptions,
-    command: str,
-    on_stdout: Callable[[bytes], None],
-    on_stderr: Callable[[bytes], None],
-    **exec_options: Any,
-) -> HostOutcome:
-    """Run one command on one host and classify the outcome; never raises."""
-    try:
-        with connect(target, options) as conn:
-            result = conn.exec(command, on_stdout=on_stdout, on_stderr=on_stderr, **exec_options)
-    except TransportError as exc:
-        return HostOutcome(target, UNREACHABLE, 255, str(exc))
-    except Cancelled:
-        return cancelled(target)
-    except RemoteError as exc:
-        return HostOutcome(target, FAILED, REFUSED_STATUS, f"{exc.code}: {exc}")
-    kind = OK if result.status == 0 and not result.timed_out else FAILED
-    return HostOutcome(target, kind, result.status, None, result)
-
-
-def cancelled(target: Target) -> HostOutcome:
-    """A host whose work was stopped (or never started) because of Ctrl-C."""
-    return HostOutcome(target, FAILED, 130, "cancelled")
-
-
-def put_on_host(
-    target: Target,
-    options: ClientOptions,
-    local_path: str,
-    remote_path: str | None,
-    **put_options: Any,
-) -> HostOutcome:
-    """Upload to one host and classify the outcome; never raises."""
-    try:
-        with connect(target, options) as conn:
-            result = conn.put(local_path, remote_path, **put_options)
-    except TransportError as exc:
-        return HostOutcome(target, UNREACHABLE, 255, str(exc))
-    except Cancelled:
-        return cancelled(target)
-    except RemoteError as exc:
-        return HostOutcome(target, FAILED, 1, f"{exc.code}: {exc}")
-    except LocalFileError as exc:
-        return HostOutcome(target, FAILED, 1, str(exc))
-    return HostOutcome(target, CHANGED if result.status == CHANGED else UNCHANGED, 0, None, result)
-
-
-# exec refused or not startable on the host (policy, bad --cwd, bad -e): the shell's
-# "cannot execute" status, distinct from the remote command's own codes and from 255.
-REFUSED_STATUS = 126
-
-
 def summary_line(outcomes: Sequence[HostOutcome]) -> str:
-    """`3 ok, 1 failed (web4: exit 2), 1 unreachable (web5: connection refused)`."""
+    """`3 ok, 2 failed (web[4-5]: exit 2), 1 unreachable (web6: connection refused)`:
+    hosts with the same reason are folded into one node set."""
     parts = []
-    for kind in (OK, CHANGED, UNCHANGED, FAILED, UNREACHABLE):
+    for kind in KINDS:
         group = [o for o in outcomes if o.kind == kind]
         if not group:
             continue
         text = f"{len(group)} {kind}"
         if kind not in SUCCESS:
-            text += " (" + ", ".join(f"{o.target.label}: {o.reason()}" for o in group) + ")"
+            by_reason: dict[str, list[str]] = {}
+            for outcome in group:
+                by_reason.setdefault(outcome.reason(), []).append(outcome.target.label)
+            text += " (" + ", ".join(f"{fold(h)}: {r}" for r, h in by_reason.items()) + ")"
         parts.append(text)
     return ", ".join(parts)
-
-
-def combined_status(outcomes: Sequence[HostOutcome]) -> int:
-    """One host: its own status. Several: 0 if all ok, 255 if any unreachable, else 1."""
-    if len(outcomes) == 1:
-        return outcomes[0].status
-    if all(o.kind in SUCCESS for o in outcomes):
-        return 0
-    return 255 if any(o.kind == UNREACHABLE for o in outcomes) else 1
-
-
-def put_record(outcome: HostOutcome, path: str | None, sha256: str | None) -> str:
-    """One host's `put --json` line."""
-    result = outcome.result if isinstance(outcome.result, PutResult) else None
-    return json.dumps(
-        {
-            "host": outcome.target.label,
-            "status": outcome.kind if outcome.kind in (CHANGED, UNCHANGED) else "error",
-            "path": result.path if result else path,
-            "bytes": result.bytes if result else 0,
-            "sha256": result.sha256 if result else sha256,
-            "duration_s": round(result.duration_s, 4) if result else None,
-            "error": outcome.error,
-        }
-    )
-
-
-def exec_record(outcome: HostOutcome, stdout: bytes, stderr: bytes) -> str:
-    """One host's --json line. Output that is not UTF-8 is given with U+FFFD replacements
-    in `stdout`/`stderr` and exactly in `stdout_base64`/`stderr_base64`."""
-    result = outcome.result
-    record: dict[str, Any] = {
-        "host": outcome.target.label,
-        "exit_code": None if outcome.kind == UNREACHABLE else outcome.status,
-        "stdout": stdout.decode("utf-8", "replace"),
-        "stderr": stderr.decode("utf-8", "replace"),
-        "duration_s": result.duration_s if result else None,
-        "error": outcome.error
-        if outcome.error
-        else ("timed out" if result and result.timed_out else None),
-    }
-    for name, data in (("stdout", stdout), ("stderr", stderr)):
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            record[f"{name}_base64"] = base64.b64encode(data).decode()
-    return json.dumps(record)

@@ -23,6 +23,12 @@ from collections import namedtuple
 from radmin import DEFAULT_PORT
 from radmin.errors import RadminError
 
+# Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any, NoReturn
+
 
 class HostSpecError(RadminError):
     """A HOSTS argument, alias or group that cannot be resolved."""
@@ -80,6 +86,8 @@ class HostBook:
 
     @classmethod
     def load(cls, path: os.PathLike[str] | str) -> HostBook:
+        """Read and check the whole file, as `radmind check` does its own: a problem is
+        reported as `FILE:LINE: KEY: what is wrong`, wherever it is."""
         try:
             with open(path, "rb") as f:
                 text = f.read()
@@ -91,23 +99,10 @@ class HostBook:
 
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present
         try:
-            data = yaml.load(text, Loader=loader) or {}
+            root = yaml.compose(text, Loader=loader)  # nodes, for their line numbers
         except yaml.YAMLError as exc:
             raise HostSpecError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict) or set(data) - {"hosts", "groups"}:
-            raise HostSpecError(f"{path}: expected a mapping with 'hosts' and/or 'groups'")
-        aliases = data.get("hosts") or {}
-        groups = data.get("groups") or {}
-        if not isinstance(aliases, dict) or not all(
-            isinstance(v, str | int) for v in aliases.values()
-        ):
-            raise HostSpecError(f"{path}: 'hosts' must map alias names to 'address[:port]'")
-        if not isinstance(groups, dict) or not all(isinstance(v, list) for v in groups.values()):
-            raise HostSpecError(f"{path}: 'groups' must map group names to lists of hosts")
-        return cls(
-            {str(k): str(v) for k, v in aliases.items()},
-            {str(k): [str(e) for e in v] for k, v in groups.items()},
-        )
+        return _BookReader(str(path)).read(root)
 
     def resolve(self, spec: str) -> list[Target]:
         """Expand a comma-separated HOSTS argument into unique targets, in order."""
@@ -129,12 +124,90 @@ class HostBook:
             if name in seen_groups:
                 raise HostSpecError(f"group {entry!r} includes itself")
             return [t for e in self.groups[name] for t in self._expand(e, (*seen_groups, name))]
+        if "@" in entry:
+            raise HostSpecError(_NO_USER.format(entry=entry, host=entry.rpartition("@")[2]))
         address = self.aliases.get(entry, entry)
         try:
             host, port = parse_host_port(address)
         except ValueError as exc:
             raise HostSpecError(str(exc)) from None
         return [Target(entry, host, port)]
+
+
+# radmin has no `user@` in HOSTS: who runs a command is the daemon's decision.
+_NO_USER = (
+    "{entry!r}: HOSTS names no user: each daemon runs your commands and writes your files "
+    "as the run_as user its radmind.yaml sets for this client; write {host!r}"
+)
+_STR, _INT, _NULL = (f"tag:yaml.org,2002:{kind}" for kind in ("str", "int", "null"))
+
+
+class _BookReader:
+    """config.yaml's YAML nodes -> a HostBook, or a HostSpecError naming FILE:LINE: KEY.
+
+    Works on nodes (yaml.compose) rather than loaded values so every problem has its
+    line, and on `node.id` so that yaml stays imported only by HostBook.load.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, node: Any, key: str, message: str) -> NoReturn:
+        raise HostSpecError(f"{self.path}:{node.start_mark.line + 1}: {key}: {message}")
+
+    def read(self, root: Any) -> HostBook:
+        aliases: dict[str, str] = {}
+        groups: dict[str, list[str]] = {}
+        for name, key_node, node in self.items(root, "(top)"):
+            if name == "hosts":
+                aliases = {a: self.address(v, f"hosts.{a}") for a, _, v in self.items(node, name)}
+            elif name == "groups":
+                groups = {g: self.members(v, f"groups.{g}") for g, _, v in self.items(node, name)}
+            else:
+                self.fail(key_node, name, "unknown key (config.yaml has hosts: and groups:)")
+        return HostBook(aliases, groups)
+
+    def items(self, node: Any, key: str) -> list[tuple[str, Any, Any]]:
+        """(name, key node, value node) of a mapping; nothing for an empty value."""
+        if node is None or (node.id == "scalar" and node.tag == _NULL):
+            return []
+        if node.id != "mapping":
+            self.fail(node, key, f"expected a mapping, got {_shape(node)}")
+        return [(str(k.value), k, v) for k, v in node.value]
+
+    def address(self, node: Any, key: str) -> str:
+        """An alias's `address[:port]`: a string that parses, and not a bare port."""
+        if node.id != "scalar" or node.tag == _NULL:
+            self.fail(node, key, f"expected 'address[:port]', got {_shape(node)}")
+        if node.value.isdigit():
+            self.fail(
+                node,
+                key,
+                f"{node.value} is a bare port number; an alias needs an address, "
+                f"as in '10.0.0.11:{node.value}'",
+            )
+        if node.tag != _STR:
+            self.fail(node, key, f"expected 'address[:port]', got {node.value} (quote it)")
+        try:
+            parse_host_port(node.value)
+        except ValueError as exc:
+            self.fail(node, key, str(exc))
+        return node.value
+
+    def members(self, node: Any, key: str) -> list[str]:
+        """A group: a list of aliases, addresses and @groups."""
+        if node.id != "sequence":
+            self.fail(node, key, f"expected a list of hosts, got {_shape(node)}")
+        for member in node.value:
+            if member.id != "scalar" or member.tag != _STR or not member.value:
+                self.fail(member, key, f"expected a host, alias or @group, got {_shape(member)}")
+        return [member.value for member in node.value]
+
+
+def _shape(node: Any) -> str:
+    if node.id == "scalar":
+        return "nothing" if node.tag == _NULL else repr(node.value)
+    return "a list" if node.id == "sequence" else "a mapping"
 
 
 def _is_ip_address(entry: str) -> bool:
@@ -157,3 +230,64 @@ def resolve_hosts(spec: str, config_path: os.PathLike[str] | str) -> list[Target
     if all(_is_ip_address(entry) for entry in spec.split(",")):
         return HostBook({}, {}).resolve(spec)
     return HostBook.load(config_path).resolve(spec)
+
+
+def fold(labels: Iterable[str]) -> str:
+    """`web1,web2,web3,web5` -> `web[1-3,5]`, as ClusterShell writes node sets, for
+    whatever radmin prints about a set of hosts.
+
+    Labels that differ in one number fold together (the last number that differs:
+    `10.0.0.[1-2]:7420`); zero padding is kept (`web[01-03]`; `web9` is not `web09`).
+    Labels without a number, and IPv6 literals (their brackets are not ranges), are
+    listed as they are. Parts come in the order of their first label.
+    """
+    import re
+
+    digits = re.compile(r"(\d+)")
+    skeletons: dict[tuple[str, ...], list[list[str]]] = {}  # labels by their text tokens
+    for label in dict.fromkeys(labels):
+        tokens = [label] if "[" in label else digits.split(label)
+        skeletons.setdefault(tuple(tokens[0::2]), []).append(tokens)
+    parts: dict[tuple[str, str, int], list[int]] = {}  # (before, after, width) -> numbers
+    for labels_alike in skeletons.values():
+        for key, number in _fold_keys(labels_alike):
+            parts.setdefault(key, []).append(number)
+    return ",".join(_render(*key, numbers) for key, numbers in parts.items())
+
+
+def _fold_keys(alike: list[list[str]]) -> list[tuple[tuple[str, str, int], int]]:
+    """For labels of one skeleton: (text before, text after, zero-padded width) and the
+    number, folding on the last number that differs; width -1 for a label with none."""
+    at = next(
+        (i for i in range(len(alike[0]) - 2, 0, -2) if len({t[i] for t in alike}) > 1),
+        len(alike[0]) - 2,
+    )
+    if at < 1:
+        return [(("".join(t), "", -1), 0) for t in alike]
+    padded = {len(t[at]) for t in alike if t[at].startswith("0") and len(t[at]) > 1}
+    return [
+        (
+            ("".join(t[:at]), "".join(t[at + 1 :]), len(t[at]) if len(t[at]) in padded else 0),
+            int(t[at]),
+        )
+        for t in alike
+    ]
+
+
+def _render(before: str, after: str, width: int, numbers: list[int]) -> str:
+    """`web[1-3,5]`; a lone number or a label without one as it is."""
+    if width < 0:
+        return before
+    values = sorted(set(numbers))
+    if len(values) == 1:
+        return f"{before}{str(values[0]).zfill(width)}{after}"
+    runs: list[list[int]] = []
+    for value in values:
+        if runs and value == runs[-1][-1] + 1:
+            runs[-1].append(value)
+        else:
+            runs.append([value])
+    text = ",".join(
+        "-".join(str(n).zfill(width) for n in dict.fromkeys((run[0], run[-1]))) for run in runs
+    )
+    return f"{before}[{text}]{after}"

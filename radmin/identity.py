@@ -15,7 +15,7 @@ import re
 import threading
 from pathlib import Path
 
-from radmin.errors import HostKeyError, RadminError
+from radmin.errors import HostKeyChanged, HostKeyError, RadminError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -320,7 +320,7 @@ class KnownHosts:
             expected, lineno = known
             if expected == presented:
                 return False
-            raise HostKeyError(
+            raise HostKeyChanged(
                 f"WARNING: HOST KEY CHANGED for {host_port}! The daemon presented "
                 f"{presented} but {self.path}:{lineno} says {expected}. Someone may be "
                 f"impersonating the host, or its key was replaced; if you know it was, "

@@ -7,8 +7,11 @@ port from the daemon's JSON log, and stops it afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
+import re
 import signal
 import socket
 import ssl
@@ -257,6 +260,19 @@ def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
     return bytes(data)
 
 
+def start_three_address_daemon(folder: Path, server_identity: Path) -> tuple[Daemon, ClientHome]:
+    """A daemon in `folder` on 127.0.0.1, .2 and .3 (a port each: three hosts for the
+    fan-out tests) knowing a new client home as "ops", allowed everything, and already in
+    that home's known_hosts."""
+    (folder / "uploads").mkdir()
+    home = make_client_home(folder / "client")
+    config = base_config(
+        server_identity, folder, listen=["127.0.0.1:0", "127.0.0.2:0", "127.0.0.3:0"]
+    )
+    config["clients"] = {"ops": client_entry(home)}
+    return Daemon(folder, config).start(), home
+
+
 def trust(home: ClientHome, daemon: Daemon) -> list[str]:
     """Record every address the daemon listens on in known_hosts (so stderr carries no
     first-contact warning); return the addresses as `host:port`."""
@@ -267,6 +283,71 @@ def trust(home: ClientHome, daemon: Daemon) -> list[str]:
         for address in addresses:
             f.write(f"{address} {presented}\n")
     return addresses
+
+
+# -- radmin-cli processes and the remote processes they start ------------------------------
+
+
+def cli_env(home) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RADMIN_HOME", "RADMIN_CONFIG")}
+    env["RADMIN_HOME"] = str(home.path)
+    return env
+
+
+def start_cli(home, *args: str, stdin=subprocess.DEVNULL, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([RADMIN_CLI, *args], stdin=stdin, env=cli_env(home), **kwargs)
+
+
+def new_marker() -> str:
+    """A `sleep` duration no other process on this machine has in its command line."""
+    return f"{random.randint(1000, 1999)}.{random.randint(10**8, 10**9 - 1)}"
+
+
+def processes_with(marker: str, exclude: tuple[int, ...] = ()) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", re.escape(marker)], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split() if int(pid) not in exclude]
+
+
+def wait_for_processes(
+    marker: str, count: int, exclude: tuple[int, ...] = (), timeout: float = 5.0
+) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = processes_with(marker, exclude)
+        if len(pids) >= count:
+            return pids
+        time.sleep(0.02)
+    raise AssertionError(f"expected {count} processes with {marker}, found {pids}")
+
+
+def wait_until_gone(marker: str, timeout: float) -> float:
+    """Seconds it took for every process with `marker` to disappear."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if not processes_with(marker):
+            return time.monotonic() - started
+        time.sleep(0.02)
+    left = processes_with(marker)
+    for pid in left:  # do not leave strays behind for the next tests
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    raise AssertionError(f"processes {left} with {marker} still alive after {timeout} s")
+
+
+def refused_port() -> tuple[socket.socket, int]:
+    """A port bound but not listening: connecting to it is refused."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock, sock.getsockname()[1]
+
+
+def request_events(daemon, count: int, timeout: float = 5.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        events = [e for e in daemon.events() if e.get("event") == "request"]
+        if len(events) >= count or time.monotonic() > deadline:
+            return events
+        time.sleep(0.02)
 
 
 def proc_status(pid: int, field: str) -> int:

@@ -247,6 +247,18 @@ BAD_VALUES = {
         "limits.handshake_timeout",
         (),
     ),
+    "zero_exec_timeout": (
+        ("exec_timeout: 3600", "exec_timeout: 0"),
+        "exec_timeout",
+        "limits.exec_timeout",
+        ("greater than 0",),
+    ),
+    "exec_timeout_not_a_number": (
+        ("exec_timeout: 3600", "exec_timeout: forever"),
+        "exec_timeout",
+        "limits.exec_timeout",
+        ("forever",),
+    ),
     "bad_client_name": (("  ops:", "  'bad name!':"), "bad name!", "clients.bad name!", ()),
     "run_as_unknown_user": (
         ("run_as: root", "run_as: no-such-user-radmin-test"),
@@ -557,6 +569,15 @@ def test_example_yaml_passes_check_beside_server_key_and_cert(folder):
     assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
 
 
+@pytest.mark.parametrize(
+    ("line", "expected"), [("exec_timeout: 3600", 3600.0), ("exec_timeout: null", None), ("", None)]
+)
+def test_exec_timeout_is_optional_and_off_by_default(folder, line, expected):
+    """Without -t a command has no time limit unless the daemon sets one."""
+    config = load_config(write(folder, GOOD.replace("exec_timeout: 3600", line)))
+    assert config.limits.exec_timeout == expected
+
+
 def test_example_yaml_without_client_example_passes_check(folder):
     (folder / "clients" / "ops.crt").unlink()
     path = write(folder, example_yaml(client_example=False))
@@ -567,8 +588,10 @@ def test_example_yaml_without_client_example_passes_check(folder):
 def test_example_yaml_shows_every_key(folder):
     """Opt-in settings (no default) are shown commented out; uncomment them to count."""
     text = example_yaml()
-    assert "  # file: " in text
-    data = yaml.safe_load(text.replace("  # file: ", "  file: "))
+    for opt_in in ("  # file: ", "  # exec_timeout: "):
+        assert opt_in in text
+        text = text.replace(opt_in, opt_in.replace("# ", ""))
+    data = yaml.safe_load(text)
     shown: list[str] = []
 
     def flatten(value, prefix: str) -> None:

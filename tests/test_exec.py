@@ -28,17 +28,27 @@ import pytest
 from support import (
     RADMIN_CLI,
     Daemon,
-    base_config,
+    cli_env,
     client_entry,
     frames_after_hello,
     make_client_home,
+    new_marker,
+    processes_with,
+    refused_port,
+    request_events,
     run_cli,
+    start_cli,
+    start_three_address_daemon,
     trust,
+    wait_for_processes,
+    wait_until_gone,
 )
 
 from radmin.client import ClientOptions, RemoteError, connect
+from radmin.errors import BadRequest
 from radmin.hosts import Target
 from radmin.identity import ClientHome
+from radmin.ops.exec import parse_params
 from radmin.protocol import MAX_DATA, FrameType
 
 # -- helpers ----------------------------------------------------------------------------
@@ -56,14 +66,9 @@ def shared(tmp_path_factory, server_identity) -> Iterator[Shared]:
     ~0.5 s per listener): it listens on 127.0.0.1, .2 and .3, a port each, knows `home`
     as "ops" with every command allowed, and is already in home's known_hosts. That it
     keeps serving after the disconnects and kills of earlier tests is tested too."""
-    folder = tmp_path_factory.mktemp("shared-daemon")
-    (folder / "uploads").mkdir()
-    home = make_client_home(folder / "client")
-    config = base_config(
-        server_identity, folder, listen=["127.0.0.1:0", "127.0.0.2:0", "127.0.0.3:0"]
+    daemon, home = start_three_address_daemon(
+        tmp_path_factory.mktemp("shared-daemon"), server_identity
     )
-    config["clients"] = {"ops": client_entry(home)}
-    daemon = Daemon(folder, config).start()
     try:
         addresses = trust(home, daemon)
         assert [a.split(":")[0] for a in addresses] == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
@@ -86,68 +91,6 @@ def host(shared) -> str:
 @pytest.fixture
 def three_hosts(shared) -> list[str]:
     return shared.addresses
-
-
-def cli_env(home) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RADMIN_HOME", "RADMIN_CONFIG")}
-    env["RADMIN_HOME"] = str(home.path)
-    return env
-
-
-def start_cli(home, *args: str, stdin=subprocess.DEVNULL, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([RADMIN_CLI, *args], stdin=stdin, env=cli_env(home), **kwargs)
-
-
-def new_marker() -> str:
-    """A `sleep` duration no other process on this machine has in its command line."""
-    return f"{random.randint(1000, 1999)}.{random.randint(10**8, 10**9 - 1)}"
-
-
-def processes_with(marker: str, exclude: tuple[int, ...] = ()) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", re.escape(marker)], capture_output=True, text=True)
-    return [int(pid) for pid in found.stdout.split() if int(pid) not in exclude]
-
-
-def wait_for_processes(
-    marker: str, count: int, exclude: tuple[int, ...] = (), timeout: float = 5.0
-) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pids = processes_with(marker, exclude)
-        if len(pids) >= count:
-            return pids
-        time.sleep(0.02)
-    raise AssertionError(f"expected {count} processes with {marker}, found {pids}")
-
-
-def wait_until_gone(marker: str, timeout: float) -> float:
-    """Seconds it took for every process with `marker` to disappear."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if not processes_with(marker):
-            return time.monotonic() - started
-        time.sleep(0.02)
-    left = processes_with(marker)
-    for pid in left:  # do not leave strays behind for the next tests
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    raise AssertionError(f"processes {left} with {marker} still alive after {timeout} s")
-
-
-def refused_port() -> tuple[socket.socket, int]:
-    """A port bound but not listening: connecting to it is refused."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    return sock, sock.getsockname()[1]
-
-
-def request_events(daemon, count: int, timeout: float = 5.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        events = [e for e in daemon.events() if e.get("event") == "request"]
-        if len(events) >= count or time.monotonic() > deadline:
-            return events
-        time.sleep(0.02)
 
 
 # -- exit statuses ----------------------------------------------------------------------
@@ -421,19 +364,51 @@ def test_exec_timeout_kills_a_group_that_ignores_sigterm(host, home):
         home, "exec", "-t", "0.5", host, f"trap '' TERM; sleep {marker} & sleep {marker}"
     )
     assert time.monotonic() - started < 6
-    assert result.returncode == 137, result.stderr  # SIGKILL after the grace period
+    # SIGKILLed after the grace period, yet -t ended it: 143, as every -t timeout.
+    assert result.returncode == 143, result.stderr
     assert b"timed out" in result.stderr
     wait_until_gone(marker, timeout=1.0)
 
 
-def test_exec_timeout_is_capped_by_the_daemons_exec_timeout(daemon_factory, client_home):
+def test_exec_timeout_above_the_daemons_exec_timeout_is_refused(
+    daemon_factory, client_home, tmp_path
+):
     daemon = daemon_factory(
         {"ops": client_entry(client_home)}, limits={"handshake_timeout": 2, "exec_timeout": 1}
     )
     trust(client_home, daemon)
+    witness = tmp_path / "ran"
+    result = run_cli(client_home, "exec", "-t", "60", daemon.address, f"touch {witness}")
+    assert result.returncode == 126, result.stderr
+    message = result.stderr.decode()
+    assert message.count("\n") == 1 and "limits.exec_timeout" in message, message
+    assert "refused: " in message and "bad_request" not in message
+    assert not witness.exists()
+
+
+def test_exec_time_limit_is_t_else_the_daemons_exec_timeout_else_none():
+    assert parse_params({"command": "true"}, None).timeout == float("inf")
+    assert parse_params({"command": "true"}, 60).timeout == 60
+    assert parse_params({"command": "true", "timeout": 5}, None).timeout == 5
+    assert parse_params({"command": "true", "timeout": 60}, 60).timeout == 60
+    with pytest.raises(BadRequest, match=r"limits\.exec_timeout"):
+        parse_params({"command": "true", "timeout": 61}, 60)
+
+
+def test_exec_with_a_far_deadline_or_none_runs_normally(host, home):
+    for limit in (("-t", "1e12"), ()):  # beyond what poll() takes; no limit at all
+        result = run_cli(home, "exec", *limit, host, "sleep 0.1; echo done")
+        assert (result.returncode, result.stdout) == (0, b"done\n"), result.stderr
+
+
+def test_exec_without_t_is_ended_by_the_daemons_exec_timeout(daemon_factory, client_home):
+    daemon = daemon_factory(
+        {"ops": client_entry(client_home)}, limits={"handshake_timeout": 2, "exec_timeout": 0.5}
+    )
+    trust(client_home, daemon)
     marker = new_marker()
     started = time.monotonic()
-    result = run_cli(client_home, "exec", "-t", "60", daemon.address, f"sleep {marker}")
+    result = run_cli(client_home, "exec", daemon.address, f"sleep {marker}")
     assert time.monotonic() - started < 5
     assert result.returncode == 143, result.stderr
     assert b"timed out" in result.stderr

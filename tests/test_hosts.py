@@ -12,7 +12,7 @@ import pytest
 from support import run_cli
 
 from radmin import DEFAULT_PORT
-from radmin.hosts import HostBook, HostSpecError, Target, parse_host_port
+from radmin.hosts import HostBook, HostSpecError, Target, fold, parse_host_port
 
 # -- parse_host_port ------------------------------------------------------------------
 
@@ -264,12 +264,11 @@ def test_hostbook_empty_entries_are_errors(book, spec):
         book.resolve(spec)
 
 
-def test_hostbook_alias_with_a_bad_port_is_a_host_spec_error(tmp_path):
+def test_hostbook_alias_with_a_bad_port_is_an_error_naming_file_line_and_key(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("hosts:\n  web1: 10.0.0.11:99999\n")
-    book = HostBook.load(path)
-    with pytest.raises(HostSpecError, match="port"):
-        book.resolve("web1")
+    with pytest.raises(HostSpecError, match=rf"^{path}:2: hosts\.web1: .*port"):
+        HostBook.load(path)
 
 
 def test_hostbook_bad_port_in_the_argument_is_a_host_spec_error(book):
@@ -301,3 +300,26 @@ def test_cli_bad_port_is_a_usage_error(client_home):
     assert result.returncode == 2
     assert b"port" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+# -- fold: a set of hosts as ClusterShell writes it --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("labels", "folded"),
+    [
+        (["web1"], "web1"),
+        (["web1", "web2", "web3", "web5"], "web[1-3,5]"),
+        (["web3", "web1", "web2", "web2"], "web[1-3]"),
+        (["web01", "web02", "web03", "web10"], "web[01-03,10]"),
+        (["web9", "web08", "web10"], "web9,web[08,10]"),  # web9 is not web09
+        (["web1", "db1", "web2", "db2"], "web[1-2],db[1-2]"),
+        (["rack1-node1", "rack1-node2", "rack2-node1"], "rack1-node[1-2],rack2-node1"),
+        (["10.0.0.1:7420", "10.0.0.2:7420", "10.0.0.3:7420"], "10.0.0.[1-3]:7420"),
+        (["10.0.0.1:7421", "10.0.0.2:7422"], "10.0.0.1:7421,10.0.0.2:7422"),
+        (["[::1]:7420", "[::2]:7420"], "[::1]:7420,[::2]:7420"),  # brackets are IPv6 here
+        (["alpha", "beta", "alpha"], "alpha,beta"),
+    ],
+)
+def test_fold(labels, folded):
+    assert fold(labels) == folded

@@ -537,7 +537,7 @@ def test_put_one_host_refused_by_policy_others_succeed(daemon_factory, client_ho
     assert not (uploads(strict) / "fleet.conf").exists()
     stderr = result.stderr.decode()
     assert re.search(rf"^radmin-cli: {re.escape(strict.address)}: .*allow\.put", stderr, re.M)
-    assert "2 changed, 1 failed" in stderr
+    assert "2 changed, 1 refused" in stderr  # refused by policy, not failed on the host
 
     again = run_cli(client_home, "put", "--json", str(local), ",".join(hosts))
     assert again.returncode == 1

@@ -202,9 +202,11 @@ def test_host_fingerprint_pin(daemon, client_home):
         daemon.address,
     )
     assert right.returncode == 0, right.stderr
-    wrong = run_cli(client_home, "ping", "--host-fingerprint", "SHA256:nope", daemon.address)
+    # A well-formed fingerprint, not the daemon's (a malformed one is a usage error).
+    other = fingerprint_of(client_home)
+    wrong = run_cli(client_home, "ping", "--host-fingerprint", other, daemon.address)
     assert wrong.returncode == 255
-    assert b"--host-fingerprint" in wrong.stderr
+    assert b"host key mismatch" in wrong.stderr and b"--host-fingerprint" in wrong.stderr
 
 
 # -- listeners and limits -------------------------------------------------------------

@@ -73,7 +73,7 @@ class ExecPlan:
     rule: str | None
 
 
-def parse_params(params: dict[str, Any], timeout_ceiling: float) -> ExecParams:
+def parse_params(params: dict[str, Any], timeout_ceiling: float | None) -> ExecParams:
     command = params.get("command")
     if not isinstance(command, str) or not command.strip():
         raise BadRequest("exec needs a non-empty command")
@@ -90,16 +90,25 @@ def parse_params(params: dict[str, Any], timeout_ceiling: float) -> ExecParams:
             raise BadRequest(f"invalid environment variable name {name!r}")
         if not isinstance(value, str) or "\0" in value:
             raise BadRequest(f"invalid value for environment variable {name}")
+    # -t, else limits.exec_timeout, else no limit (inf). A -t above the daemon's limit is
+    # refused, not silently shortened: the user asked for that much time.
     timeout = params.get("timeout")
-    if timeout is None:
-        timeout = timeout_ceiling
-    elif isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+    ):
         raise BadRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if timeout is not None and timeout_ceiling is not None and timeout > timeout_ceiling:
+        raise BadRequest(
+            f"-t {timeout:g} is above this daemon's limits.exec_timeout "
+            f"({timeout_ceiling:g} s); ask for at most that"
+        )
+    if timeout is None:
+        timeout = float("inf") if timeout_ceiling is None else timeout_ceiling
     return ExecParams(
         command=command,
         cwd=cwd,
         env=dict(env),
-        timeout=min(float(timeout), timeout_ceiling),
+        timeout=float(timeout),
         stdin=bool(params.get("stdin", False)),
     )
 
@@ -387,6 +396,7 @@ class ProcessPump:
         wait = min(timers) - now
         if self.pidfd is None and self.status is None:
             wait = min(wait, 0.05)
+        wait = min(wait, 86400.0)  # no or a far deadline: poll() takes at most ~24 days
         return max(0, int(wait * 1000) + 1)
 
     # -- events ------------------------------------------------------------------------
