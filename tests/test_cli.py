@@ -535,11 +535,15 @@ def test_identity_key_that_is_a_folder_is_one_line_for_all_hosts(fleet, tmp_path
 
 def test_read_only_home_fails_naming_known_hosts(fleet, tmpfs):
     mount = tmpfs("ro-home", "size=1m")
-    home = make_client_home(mount / "client")
+    home = ClientHome(mount / "client")  # the fleet's listed identity, a new known_hosts
+    home.path.mkdir()
+    for name in ("identity.key", "identity.crt"):
+        shutil.copy2(fleet.home.path / name, home.path / name)
     remounted = subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True)
     if remounted.returncode != 0:
         pytest.skip(f"cannot remount read-only: {remounted.stderr.decode().strip()}")
-    result = run_cli(home, "exec", fleet.hosts[0], "true")  # first contact: must record it
+    # First contact: recorded once the daemon has answered -- and that write fails.
+    result = run_cli(home, "exec", fleet.hosts[0], "true")
     assert result.returncode == 255
     assert one_line(result) == (
         f"radmin-cli: {fleet.hosts[0]}: {home.known_hosts}: Read-only file system\n"

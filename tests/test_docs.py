@@ -2,9 +2,8 @@
 
 The lines come from README.md and docs/*.md (tests/docsupport.py: ```sh/```bash blocks,
 and the `$ ` lines of ```console blocks); a line counts when one of its pipeline stages
-starts with `radmin-cli` or `radmind`. Each is run through bash, or is an expected
-failure (XFAIL, strict: a known gap, so the test flips once the gap is fixed), or is
-listed in LISTED with the reason it is not run here. A line must exit with the status
+starts with `radmin-cli` or `radmind`. Each is run through bash, or is listed in
+LISTED with the reason it is not run here. A line must exit with the status
 the doc implies: 0, unless its comment says `exit status N`.
 
 The world the lines run in (`world` below) is made the way docs/install.md makes it:
@@ -65,13 +64,6 @@ from radmin.identity import ClientHome
 
 # -- what is not simply run -------------------------------------------------------------
 
-OPTIONS_AFTER_HOSTS = "options after HOSTS: client-shape issue"
-XFAIL = {
-    "radmin-cli exec @web -p 50 systemctl is-active nginx": OPTIONS_AFTER_HOSTS,
-    "radmin-cli exec web1,web2 --json 'uname -r'": OPTIONS_AFTER_HOSTS,
-    "tar c site/ | radmin-cli exec web1 --cwd /srv 'tar x'": OPTIONS_AFTER_HOSTS,
-    "radmin-cli exec db1 -t 600 -e PGDATABASE=app 'vacuumdb -z'": OPTIONS_AFTER_HOSTS,
-}
 LISTED = {
     "radmin-cli fingerprint --paste | ssh root@server1 'cat >> /etc/radmin/radmind.yaml'": (
         "needs ssh to a server; tests/test_install.py appends the same output to "
@@ -168,12 +160,7 @@ DOC_COMMANDS = doc_commands()
 
 def _param(doc: DocCommand):
     reason = LISTED.get(doc.text) or LISTED_FILES.get(doc.file)
-    if reason:
-        marks = [pytest.mark.skip(reason=f"listed: {reason}")]
-    elif doc.text in XFAIL:
-        marks = [pytest.mark.xfail(strict=True, reason=XFAIL[doc.text])]
-    else:
-        marks = []
+    marks = [pytest.mark.skip(reason=f"listed: {reason}")] if reason else []
     return pytest.param(doc, id=doc.id, marks=marks)
 
 
@@ -390,7 +377,7 @@ def test_the_docs_show_commands_from_every_file_that_has_them():
 
 def test_every_replacement_and_exception_names_a_line_the_docs_still_show():
     texts = {doc.text for doc in DOC_COMMANDS}
-    for line in [*XFAIL, *LISTED]:
+    for line in LISTED:
         assert line in texts, f"no doc shows {line!r} any more: drop it from the lists"
     for program in COMMANDS:
         assert any(program in text for text in texts), program

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from radmin.client.connection import Connection
 
 
-class PutResult(namedtuple("PutResult", "status path bytes sha256 duration_s metadata_only")):
+class PutResult(
+    namedtuple("PutResult", "status path bytes sha256 duration_s metadata_only", defaults=(False,))
+):
     """`status`: "changed" or "unchanged"; `path`: where the file is on the host;
     `bytes`: bytes transferred (0 when unchanged or only the metadata changed);
     `metadata_only`: changed, but only mode/owner/group."""
