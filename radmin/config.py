@@ -30,7 +30,6 @@ from radmin.hosts import parse_host_port
 from radmin.identity import fingerprint, key_mode_problem, pem_to_der
 
 DEFAULT_CONFIG_PATH = "/etc/radmin/radmind.yaml"
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -137,7 +136,7 @@ def _path_patterns(value: Any, ctx: _Context) -> tuple[str, ...]:
 def _env_names(value: Any, ctx: _Context) -> tuple[str, ...]:
     names = _string_list(value, ctx)
     for name in names:
-        if not ENV_NAME.fullmatch(name):
+        if not policy.ENV_NAME.fullmatch(name):
             raise ValueError(f"{name!r} is not a valid environment variable name")
     return names
 

@@ -31,6 +31,7 @@ from functools import lru_cache
 
 from radmin.errors import PolicyDenied
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what -e and allow.env may name
 UNRESTRICTED = "*"
 REST = "**"  # a final exec pattern word: the remaining arguments
 # Anything a shell would interpret, and glob characters an argument has no need for.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from pathlib import Path
 
 import pytest
 from support import frames_after_hello, run_cli, tls_connect
@@ -155,3 +156,40 @@ def test_max_size_data_frames_back_to_back():
         for chunk in chunks:
             assert bytes(receiver.recv_frame().payload) == chunk
         thread.join()
+
+
+@pytest.mark.parametrize("op", ["exec", "put"])
+def test_docs_protocol_md_field_tables_are_generated_from_the_declared_fields(op):
+    """REQUEST fields are declared once (radmin/ops/*.py FIELDS); the doc is generated
+    from them by scripts/gen-config-docs, so it cannot drift."""
+    from radmin.ops import exec as exec_op
+    from radmin.ops import fields
+    from radmin.ops import put as put_op
+
+    declared = {"exec": exec_op.FIELDS, "put": put_op.FIELDS}[op]
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    assert fields.reference_markdown(declared) in doc, (
+        "docs/protocol.md is out of date: run scripts/gen-config-docs"
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({}, "exec: command is required"),
+        ({"command": ""}, "exec: command: expected a non-empty string"),
+        ({"command": "x", "cwd": "rel"}, "exec: cwd: must be an absolute path"),
+        ({"command": "x", "env": {"A B": "1"}}, "invalid environment variable name"),
+        ({"command": "x", "env": {"A": 1}}, "the value of A must be a string"),
+        ({"command": "x", "timeout": 0}, "exec: timeout: must be a positive number"),
+        ({"command": "x", "timeout": True}, "exec: timeout: expected a number"),
+        ({"command": "x", "stdin": "yes"}, "exec: stdin: expected true or false"),
+    ],
+)
+def test_exec_fields_name_the_bad_one(params, says):
+    from radmin.errors import BadRequest
+    from radmin.ops.exec import parse_params
+
+    with pytest.raises(BadRequest) as refused:
+        parse_params(params, None)
+    assert says in str(refused.value)

@@ -26,7 +26,6 @@ import errno
 import os
 import posixpath
 import pwd
-import re
 import resource
 import select
 import shutil
@@ -39,10 +38,9 @@ from typing import Any
 from radmin import policy
 from radmin.config import ClientPolicy, Limits
 from radmin.errors import BadRequest, ConnectionClosed, ProtocolError, RequestError
-from radmin.ops import Outcome, Request, run_as_user
+from radmin.ops import Outcome, Request, fields, run_as_user
 from radmin.protocol import HIGH_WATER, FrameSocket, FrameType, wait_ready
 
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 STDIN_WINDOW = 1024 * 1024  # stdin bytes a client may send ahead of the command's reads
 READ_SIZE = 64 * 1024
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -73,30 +71,32 @@ class ExecPlan:
     rule: str | None
 
 
+FIELDS = (
+    fields.Field(
+        "command",
+        fields.TEXT,
+        "the command line; `/bin/sh -c` for an unrestricted client, argv for a "
+        "restricted one (docs/policy.md)",
+        required=True,
+    ),
+    fields.Field("cwd", fields.ABSOLUTE_PATH, "working directory (restricted: allow.cwd)"),
+    fields.Field("env", fields.ENV, "variables to set (restricted: allow.env)", default={}),
+    fields.Field(
+        "timeout",
+        fields.SECONDS,
+        "kill the process group after this long; at most limits.exec_timeout",
+    ),
+    fields.Field(
+        "stdin", fields.BOOLEAN, "STDIN frames follow (else stdin is empty)", default=False
+    ),
+)
+
+
 def parse_params(params: dict[str, Any], timeout_ceiling: float | None) -> ExecParams:
-    command = params.get("command")
-    if not isinstance(command, str) or not command.strip():
-        raise BadRequest("exec needs a non-empty command")
-    if "\0" in command:
-        raise BadRequest("the command contains a NUL byte")
-    cwd = params.get("cwd")
-    if cwd is not None and (not isinstance(cwd, str) or not cwd.startswith("/") or "\0" in cwd):
-        raise BadRequest(f"--cwd must be an absolute path, got {cwd!r}")
-    env = params.get("env") or {}
-    if not isinstance(env, dict):
-        raise BadRequest("env must be a mapping of NAME to VALUE")
-    for name, value in env.items():
-        if not ENV_NAME.fullmatch(name):
-            raise BadRequest(f"invalid environment variable name {name!r}")
-        if not isinstance(value, str) or "\0" in value:
-            raise BadRequest(f"invalid value for environment variable {name}")
+    values = fields.parse("exec", FIELDS, params)
     # -t, else limits.exec_timeout, else no limit (inf). A -t above the daemon's limit is
     # refused, not silently shortened: the user asked for that much time.
-    timeout = params.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
-    ):
-        raise BadRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
+    timeout = values["timeout"]
     if timeout is not None and timeout_ceiling is not None and timeout > timeout_ceiling:
         raise BadRequest(
             f"-t {timeout:g} is above this daemon's limits.exec_timeout "
@@ -105,11 +105,11 @@ def parse_params(params: dict[str, Any], timeout_ceiling: float | None) -> ExecP
     if timeout is None:
         timeout = float("inf") if timeout_ceiling is None else timeout_ceiling
     return ExecParams(
-        command=command,
-        cwd=cwd,
-        env=dict(env),
-        timeout=float(timeout),
-        stdin=bool(params.get("stdin", False)),
+        command=values["command"],
+        cwd=values["cwd"],
+        env=dict(values["env"]),
+        timeout=timeout,
+        stdin=values["stdin"],
     )
 
 

@@ -26,9 +26,9 @@ from typing import Any
 from radmin import policy, userfiles
 from radmin.errors import BadRequest, PolicyDenied
 from radmin.hashing import DigestCache, fd_sha256
-from radmin.ops import Outcome, Request, run_as_user
+from radmin.ops import Outcome, Request, fields, run_as_user
 from radmin.protocol import FrameType
-from radmin.transfer import SHA256_HEX, Receiver, TransferFailed, land, receive_digest
+from radmin.transfer import Receiver, TransferFailed, land, receive_digest
 
 # Digests of files this daemon wrote or hashed, so a repeated upload of a large file
 # is answered "unchanged" without reading it again (see radmin/hashing.py on staleness).
@@ -53,14 +53,30 @@ class Metadata:
     gid: int
 
 
-def resolve_destination(path: Any, name: Any, default_dir: Path) -> str:
+FIELDS = (
+    fields.Field("name", fields.FILE_NAME, "the local file's base name", required=True),
+    fields.Field(
+        "path",
+        fields.PATH,
+        "absolute destination; null: put.default_dir + name; ending in `/`: inside it",
+    ),
+    fields.Field(
+        "size", fields.BYTE_COUNT, "bytes that follow; at most limits.max_put_size", required=True
+    ),
+    fields.Field("sha256", fields.SHA256, "the content's SHA-256; null: DIGEST after the data"),
+    fields.Field("mode", fields.MODE, "--mode; null: an existing file keeps its bits"),
+    fields.Field(
+        "local_mode", fields.MODE, "the local file's bits, for a new file", default=0o644
+    ),
+    fields.Field("owner", fields.NAME, "--owner; null: see docs/policy.md"),
+    fields.Field("group", fields.NAME, "--group; null: see docs/policy.md"),
+)
+
+
+def resolve_destination(path: str | None, name: str, default_dir: Path) -> str:
     """The contract's rules: absolute; None -> default_dir/NAME; trailing / -> inside."""
-    if not isinstance(name, str) or not name or "/" in name or name in (".", "..") or "\0" in name:
-        raise BadRequest(f"invalid file name {name!r}")
     if path is None:
         path = f"{default_dir}/{name}"
-    if not isinstance(path, str) or "\0" in path:
-        raise BadRequest("the remote path must be a string")
     if not path.startswith("/"):
         raise BadRequest(f"remote path {path!r} must be absolute")
     if path.endswith("/"):
@@ -70,42 +86,23 @@ def resolve_destination(path: Any, name: Any, default_dir: Path) -> str:
     return posixpath.normpath(path)
 
 
-def _mode(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o7777:
-        raise BadRequest(f"{what} must be between 0 and 07777, got {value!r}")
-    return value
-
-
-def _name(value: Any, what: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or "\0" in value:
-        raise BadRequest(f"{what} must be a user or group name, got {value!r}")
-    return value
-
-
 def parse_params(request: Request) -> PutParams:
-    params, config = request.params, request.config
-    path = resolve_destination(params.get("path"), params.get("name"), config.put_default_dir)
-    size, digest = params.get("size"), params.get("sha256")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise BadRequest(f"size must be a byte count, got {size!r}")
+    config = request.config
+    values = fields.parse("put", FIELDS, request.params)
+    size = values["size"]
     if size > config.limits.max_put_size:
         raise BadRequest(
             f"file of {size} bytes exceeds this daemon's limit of "
             f"{config.limits.max_put_size} bytes (limits.max_put_size)"
         )
-    if digest is not None and (not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest)):
-        raise BadRequest("sha256 must be 64 lowercase hex digits or null")
-    mode = params.get("mode")
     return PutParams(
-        path=path,
+        path=resolve_destination(values["path"], values["name"], config.put_default_dir),
         size=size,
-        sha256=digest,
-        mode=None if mode is None else _mode(mode, "mode"),
-        local_mode=_mode(params.get("local_mode", 0o644), "local_mode"),
-        owner=_name(params.get("owner"), "owner"),
-        group=_name(params.get("group"), "group"),
+        sha256=values["sha256"],
+        mode=values["mode"],
+        local_mode=values["local_mode"],
+        owner=values["owner"],
+        group=values["group"],
     )
 
 
