@@ -22,9 +22,9 @@ from radmin.hosts import Target, fold
 # Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO
+    from typing import Any, BinaryIO, NamedTuple
 
-    from radmin.client import Connection
+    from radmin.client import Connection, PingResult
 
 # What happened on a host (HostOutcome.kind), in the order a summary lists them.
 OK, CHANGED, UNCHANGED = "ok", "changed", "unchanged"
@@ -52,10 +52,24 @@ _REMOTE_PREFIX = {
 }
 
 
-_OUTCOME_FIELDS = "target kind error result brief"
+# The fields, typed for mypy; at run time a collections.namedtuple, as typing.NamedTuple
+# would import `typing`. The two must list the same fields with the same defaults.
+if TYPE_CHECKING:
+
+    class _Outcome(NamedTuple):
+        target: Target
+        kind: str
+        error: str | None = None
+        result: ExecResult | PutResult | PingResult | None = None
+        brief: str | None = None
+
+else:
+    _Outcome = namedtuple(
+        "HostOutcome", "target kind error result brief", defaults=(None, None, None)
+    )
 
 
-class HostOutcome(namedtuple("HostOutcome", _OUTCOME_FIELDS, defaults=(None, None, None))):
+class HostOutcome(_Outcome):
     """What happened on one host.
 
     `kind`: one of KINDS. `error`: why, in one line (None on success and for a
@@ -67,8 +81,9 @@ class HostOutcome(namedtuple("HostOutcome", _OUTCOME_FIELDS, defaults=(None, Non
 
     def reason(self) -> str:
         """What a summary says about this host."""
-        if self.brief or self.error:
-            return self.brief or self.error
+        said = self.brief or self.error
+        if said:
+            return said
         result = self.result
         if not isinstance(result, ExecResult):
             return self.kind

@@ -27,20 +27,29 @@ from radmin.errors import RadminError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
-    from typing import Any, NoReturn
+    from typing import Any, NamedTuple, NoReturn
 
 
 class HostSpecError(RadminError):
     """A HOSTS argument, alias or group that cannot be resolved."""
 
 
-class Target(namedtuple("Target", "label host port")):
-    """One host to talk to: `label` as typed or the alias (output prefixes), `host` the
-    address or DNS name without brackets, `port`.
+# The fields, typed for mypy; at run time a collections.namedtuple: typing.NamedTuple
+# would import `typing` (~4 ms) on radmin-cli's start-up path.
+if TYPE_CHECKING:
 
-    A collections.namedtuple: typing.NamedTuple would import `typing` (~4 ms) on
-    radmin-cli's start-up path.
-    """
+    class _Target(NamedTuple):
+        label: str
+        host: str
+        port: int
+
+else:
+    _Target = namedtuple("Target", "label host port")
+
+
+class Target(_Target):
+    """One host to talk to: `label` as typed or the alias (output prefixes), `host` the
+    address or DNS name without brackets, `port`."""
 
     __slots__ = ()
 

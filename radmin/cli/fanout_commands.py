@@ -19,7 +19,7 @@ from radmin.cli.radmin_cli import (
     os_error,
     stderr_line,
 )
-from radmin.client import Cancelled, ClientOptions
+from radmin.client import Cancelled, ClientOptions, ExecResult, PingResult, PutResult
 from radmin.errors import TransportError
 from radmin.fanout import (
     CANCELLED,
@@ -97,36 +97,38 @@ class Run:
         op: str,
         work: Callable[[Target], HostOutcome],
         report: Callable[[HostOutcome], None],
-        before: HostOutcome | None = None,
+        before: tuple[str, str] | None = None,
     ) -> int:
         """Run `work` on every host, `report` each outcome as it comes, print the summary
         and return the exit status. `before`: a failure found before any host was
-        contacted (an unreadable FILE); every host gets it, and it is said once."""
+        contacted (an unreadable FILE), as (kind, error); every host gets it, and it is
+        said once."""
         before = before or self._identity_problem()
         if before is None:
             outcomes = run_parallel(self.targets, work, self.args.parallel, self.stop, report)
         else:
-            outcomes = [before._replace(target=target) for target in self.targets]
+            kind, message = before
+            outcomes = [HostOutcome(target, kind, message) for target in self.targets]
             if self.args.json:
                 for outcome in outcomes:
                     report(outcome)
             else:
-                error(before.error)
+                error(message)
         if self.several and before is None and not self.args.json and not self.quiet:
             stderr_line(summary_line(outcomes))
         return exit_status(op, outcomes, self.stop.reason)
 
-    def _identity_problem(self) -> HostOutcome | None:
+    def _identity_problem(self) -> tuple[str, str] | None:
         """This client's identity, loaded once before any host: a missing or unreadable
-        key is one line, not one per host."""
+        key is one line, not one per host. (kind, error), as fan_out's `before`."""
         try:
             self.options.tls_context()
         except TransportError as exc:
-            return HostOutcome(None, UNREACHABLE, str(exc))
+            return UNREACHABLE, str(exc)
         except OSError as exc:
             home = self.options.home
             why = _unreadable(home.key, home.cert, exc)
-            return HostOutcome(None, UNREACHABLE, f"cannot load the client identity: {why}")
+            return UNREACHABLE, f"cannot load the client identity: {why}"
         return None
 
     def report_failure(self, outcome: HostOutcome) -> None:
@@ -196,6 +198,7 @@ def ping_command(args: argparse.Namespace, home: ClientHome) -> int:
 
     def report(outcome: HostOutcome) -> None:
         result = outcome.result if outcome.kind in SUCCESS else None
+        assert result is None or isinstance(result, PingResult)
         if args.json:
             run.json_line(
                 {
@@ -252,18 +255,20 @@ def exec_command(args: argparse.Namespace, home: ClientHome) -> int:
             return exec_on_host(
                 target, run.options, command, run.out.write, err.write, **exec_options
             )
-        out, errors = LinePrefixer(target.label, run.out), LinePrefixer(target.label, err)
+        out_lines, err_lines = LinePrefixer(target.label, run.out), LinePrefixer(target.label, err)
         try:
-            return exec_on_host(target, run.options, command, out.feed, errors.feed, **exec_options)
+            return exec_on_host(
+                target, run.options, command, out_lines.feed, err_lines.feed, **exec_options
+            )
         finally:
-            out.close()
-            errors.close()
+            out_lines.close()
+            err_lines.close()
 
     def report(outcome: HostOutcome) -> None:
         if args.json:
             output = captured.get(outcome.target.label, (b"", b""))
             run.json_line(_exec_record(outcome, *output))
-        elif outcome.result is not None and outcome.result.timed_out and not run.quiet:
+        elif isinstance(outcome.result, ExecResult) and outcome.result.timed_out and not run.quiet:
             error(f"{outcome.target.label}: {TIMED_OUT_MESSAGE}")
         else:
             run.report_failure(outcome)
@@ -297,6 +302,7 @@ def _exec_record(outcome: HostOutcome, stdout: bytes, stderr: bytes) -> dict[str
     """One host's `exec --json` object. Output that is not UTF-8 is given with U+FFFD
     replacements in `stdout`/`stderr` and exactly in `stdout_base64`/`stderr_base64`."""
     result = outcome.result
+    assert result is None or isinstance(result, ExecResult)
     timed_out = result is not None and result.timed_out
     ran = outcome.kind in (OK, FAILED, REFUSED)  # a status to give: the command's or 126
     record: dict[str, Any] = {
@@ -330,7 +336,7 @@ def put_command(args: argparse.Namespace, home: ClientHome) -> int:
         before = None
     except OSError as exc:  # the local FILE: exit 1, as a failed upload
         size, digest = 0, None
-        before = HostOutcome(None, FAILED, os_error(exc))
+        before = FAILED, os_error(exc)
     bar = _progress_bar(size * len(run.targets), show=not args.json)
     bar_lock = threading.Lock()
 
@@ -363,6 +369,7 @@ def put_command(args: argparse.Namespace, home: ClientHome) -> int:
             run.json_line(_put_record(outcome, args.remote_path, digest))
         elif outcome.kind in SUCCESS:
             result = outcome.result
+            assert isinstance(result, PutResult)
             run.out.write(
                 f"{outcome.target.label}: {outcome.kind} {result.path} "
                 f"({_human_size(size)}, sha256 {result.sha256[:12]}…)\n".encode()
@@ -401,6 +408,7 @@ def _local_file(path: str, run: Run) -> tuple[int, str | None]:
 def _put_record(outcome: HostOutcome, path: str | None, sha256: str | None) -> dict[str, Any]:
     """One host's `put --json` object: `status` changed / unchanged / skipped / error."""
     result = outcome.result if outcome.kind in SUCCESS else None
+    assert result is None or isinstance(result, PutResult)
     status = outcome.kind if outcome.kind in SUCCESS or outcome.kind == SKIPPED else "error"
     return {
         "host": outcome.target.label,

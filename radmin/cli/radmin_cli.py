@@ -38,6 +38,7 @@ EXIT_TRANSPORT = 255  # not reached, authenticated or spoken to; a local error (
 
 def host_status(op: str, outcome: HostOutcome) -> int:
     """The exit status one host's outcome means (radmin-cli's own with one host)."""
+    from radmin.client import ExecResult
     from radmin.fanout import CANCELLED, CRASHED, FAILED, SKIPPED, SUCCESS, UNREACHABLE
 
     kind, result = outcome.kind, outcome.result
@@ -49,7 +50,7 @@ def host_status(op: str, outcome: HostOutcome) -> int:
         return EXIT_INTERRUPTED
     if op != "exec":
         return EXIT_FAILED
-    if kind == FAILED and result is not None:  # the command ran: its status
+    if kind == FAILED and isinstance(result, ExecResult):  # the command ran: its status
         return EXIT_TIMED_OUT if result.timed_out else result.status
     return EXIT_REFUSED
 
