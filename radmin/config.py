@@ -24,9 +24,8 @@ from typing import Any
 import yaml
 
 from radmin import folders, policy
-from radmin.addresses import format_host_port
+from radmin.addresses import format_host_port, parse_host_port
 from radmin.errors import ConfigError
-from radmin.hosts import parse_host_port
 from radmin.identity import fingerprint, key_mode_problem, pem_to_der
 
 DEFAULT_CONFIG_PATH = "/etc/radmin/radmind.yaml"

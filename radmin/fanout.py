@@ -218,7 +218,8 @@ def on_host(
         return HostOutcome(target, CANCELLED, "cancelled")
     except RemoteError as exc:
         kind = FAILED if exc.code == "failed" else REFUSED
-        return HostOutcome(target, kind, f"{_REMOTE_PREFIX.get(exc.code, 'failed')}: {exc}")
+        reason = str(exc).removeprefix("not allowed by policy: ")  # the prefix says it
+        return HostOutcome(target, kind, f"{_REMOTE_PREFIX.get(exc.code, 'failed')}: {reason}")
     except LocalFileError as exc:  # put's own FILE: the upload failed
         return HostOutcome(target, FAILED, str(exc))
     except OSError as exc:

@@ -20,7 +20,7 @@ import os
 import socket
 from collections import namedtuple
 
-from radmin import DEFAULT_PORT
+from radmin.addresses import format_host_port, parse_host_port
 from radmin.errors import RadminError
 
 # Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
@@ -56,34 +56,7 @@ class Target(_Target):
     @property
     def host_port(self) -> str:
         """The known_hosts key: `host:port`, IPv6 in brackets."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """`name`, `name:port`, `[v6]:port`, `[v6]` or a bare IPv6 address -> (host, port)."""
-    text = text.strip()
-    if not text:
-        raise ValueError("empty host")
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0:
-            raise ValueError(f"{text!r}: missing ']' after the IPv6 address")
-        host, rest = text[1:close], text[close + 1 :]
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"{text!r}: expected ':port' after ']'")
-        port_text = rest[1:] if rest else ""
-    elif text.count(":") > 1:  # a bare IPv6 address
-        host, port_text = text, ""
-    else:
-        host, _, port_text = text.partition(":")
-    if not host:
-        raise ValueError(f"{text!r}: empty host name")
-    if port_text == "":
-        return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r}: port must be a number from 0 to 65535")
-    return host, int(port_text)
+        return format_host_port(self.host, self.port)
 
 
 class HostBook:

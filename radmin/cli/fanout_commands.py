@@ -418,6 +418,7 @@ def _put_record(outcome: HostOutcome, path: str | None, sha256: str | None) -> d
         "sha256": result.sha256 if result else sha256,
         "duration_s": round(result.duration_s, 4) if result else None,
         "error": outcome.error,
+        "metadata_only": bool(result and result.metadata_only),  # changed: only mode/owner
     }
 
 
