@@ -14,12 +14,14 @@ import json
 import os
 import random
 import re
+import select
 import signal
 import socket
 import ssl
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -41,6 +43,7 @@ from support import (
     start_three_address_daemon,
     trust,
     wait_for_processes,
+    wait_until,
     wait_until_gone,
 )
 
@@ -337,14 +340,19 @@ def test_exec_ctrl_c_exits_130_and_kills_remote_group(shared, host, home):
 
 
 def test_exec_second_ctrl_c_exits_at_once(host, home):
-    marker = new_marker()
+    marker, canary = new_marker(), new_marker()
     # The group ignores SIGTERM, so the daemon needs its SIGKILL grace to end it and the
-    # first Ctrl-C keeps the client waiting for the daemon's confirmation.
-    proc = start_cli(home, "exec", host, f"trap '' TERM; sleep {marker} & sleep {marker}")
+    # first Ctrl-C keeps the client waiting for the daemon's confirmation. Only the canary,
+    # started before the trap, dies of the daemon's SIGTERM: proof the CANCEL got there.
+    # The shell joins the quoted halves, so only the canary's own argv carries its marker.
+    split = f'{canary[:6]}""{canary[6:]}'
+    command = f"sleep {split} & trap '' TERM; sleep {marker} & sleep {marker}"
+    proc = start_cli(home, "exec", host, command)
     try:
         wait_for_processes(marker, 2, exclude=(proc.pid,))
+        wait_for_processes(canary, 1)
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
+        wait_until(lambda: not processes_with(canary), 10, "the daemon's SIGTERM (the canary)")
         assert proc.poll() is None, "the first Ctrl-C should wait for the daemon"
         second_at = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -415,13 +423,26 @@ def test_exec_without_t_is_ended_by_the_daemons_exec_timeout(daemon_factory, cli
     wait_until_gone(marker, timeout=1.0)
 
 
+def blocked_writing_a_pipe(pid: int) -> bool:
+    """Whether process `pid` sleeps in the kernel's pipe write (its pipe is full)."""
+    try:
+        return "pipe_write" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:  # gone meanwhile
+        return False
+
+
 def test_exec_kills_process_group_on_disconnect_while_output_is_blocked(host, home):
     marker = new_marker()
     # Nobody reads the client's stdout: the daemon stops reading the command's pipes.
     proc = start_cli(home, "exec", host, f"yes {marker}", stdout=subprocess.PIPE)
     try:
         wait_for_processes(marker, 1, exclude=(proc.pid,))
-        time.sleep(0.5)  # let every buffer on the way fill up
+        # Every buffer on the way is full once `yes` itself blocks writing into its pipe.
+        wait_until(
+            lambda: any(blocked_writing_a_pipe(p) for p in processes_with(marker, (proc.pid,))),
+            10,
+            "the remote command to block on its full output pipe",
+        )
     finally:
         proc.kill()
         proc.wait()
@@ -442,16 +463,17 @@ def test_exec_kills_process_group_on_disconnect_while_stdin_is_blocked(host, hom
                 proc.stdin.write(bytes(256 * 1024))
                 proc.stdin.flush()
                 last_write[0] = time.monotonic()
-                time.sleep(0.01)
+                time.sleep(0.01)  # the pacing under test, not a wait for anything
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     try:
         wait_for_processes(marker, 1, exclude=(proc.pid,))
-        deadline = time.monotonic() + 5
-        while time.monotonic() - last_write[0] < 0.3:  # until the client stops taking input
-            assert time.monotonic() < deadline, "the client never stopped taking input"
-            time.sleep(0.05)
+        wait_until(
+            lambda: time.monotonic() - last_write[0] >= 0.3,  # no write got through for a while
+            10,
+            "the client to stop taking input",
+        )
     finally:
         proc.kill()
         proc.wait()
@@ -496,10 +518,13 @@ def test_exec_daemon_buffers_a_bounded_amount_of_unread_stdin(daemon_factory, cl
     try:
         # A client that ignores the stdin window is cut off with a protocol error; until
         # then (and whatever happens) the daemon's memory stays bounded.
-        peak, deadline = before, time.monotonic() + 1.5
-        while time.monotonic() < deadline and peak - before < 32 and sender.is_alive():
-            time.sleep(0.05)
-            peak = max(peak, daemon_rss_mib())
+        peak = [before]
+
+        def cut_off_or_grown() -> bool:  # sampling the daemon's memory all the while
+            peak[0] = max(peak[0], daemon_rss_mib())
+            return not sender.is_alive() or peak[0] - before >= 32
+
+        wait_until(cut_off_or_grown, 10, "the daemon to cut off the sender (or to grow)")
         event = daemon.wait_for_event(lambda e: e.get("event") == "protocol_error", timeout=5)
         assert "window" in event["error"]
         wait_until_gone(marker, timeout=5.0)
@@ -510,7 +535,7 @@ def test_exec_daemon_buffers_a_bounded_amount_of_unread_stdin(daemon_factory, cl
                 os.kill(pid, signal.SIGKILL)
         sender.join(timeout=10)
         frames.close()
-    assert peak - before < 32, f"daemon RSS grew from {before:.0f} to {peak:.0f} MiB"
+    assert peak[0] - before < 32, f"daemon RSS grew from {before:.0f} to {peak[0]:.0f} MiB"
 
 
 def test_exec_ctrl_c_on_several_hosts_kills_every_group(three_hosts, home):
@@ -534,16 +559,20 @@ def test_exec_ctrl_c_while_connecting_exits_promptly(client_home):
         silent.listen(8)
         port = silent.getsockname()[1]
         proc = start_cli(client_home, "exec", f"127.0.0.1:{port}", "true", stderr=subprocess.PIPE)
+        silent.settimeout(10)
         try:
-            time.sleep(0.7)  # connected, waiting for the ServerHello
-            assert proc.poll() is None
-            proc.send_signal(signal.SIGINT)
-            sent_at = time.monotonic()
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                pytest.fail("Ctrl-C while connecting did not stop radmin-cli")
-            assert time.monotonic() - sent_at < 2
+            accepted, _ = silent.accept()
+            with accepted:
+                # Connected, its ClientHello sent: now waiting for the ServerHello.
+                wait_until(lambda: select.select([accepted], [], [], 0)[0], 10, "a ClientHello")
+                assert proc.poll() is None
+                proc.send_signal(signal.SIGINT)
+                sent_at = time.monotonic()
+                try:
+                    proc.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    pytest.fail("Ctrl-C while connecting did not stop radmin-cli")
+                assert time.monotonic() - sent_at < 2
         finally:
             proc.kill()
             proc.wait()
@@ -564,6 +593,7 @@ def test_exec_with_closed_stdin_runs_the_command(host, home):
 
 def test_exec_ctrl_c_starts_no_further_hosts(shared, three_hosts, home):
     marker = new_marker()
+    since = len(shared.daemon.events())
     proc = start_cli(
         home, "exec", "-p", "1", ",".join(three_hosts), f"sleep {marker}", stderr=subprocess.PIPE
     )
@@ -584,9 +614,23 @@ def test_exec_ctrl_c_starts_no_further_hosts(shared, three_hosts, home):
             if e.get("event") == "request" and marker in e.get("command", "")
         ]
 
-    deadline = time.monotonic() + 1.0  # each is logged right after its RESULT goes out
-    while len(execs_with_marker()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    def sessions_still_open() -> int:
+        """Connections since `since` the daemon authenticated and has not closed yet."""
+        open_by_peer: Counter[str] = Counter()
+        for event in shared.daemon.events()[since:]:
+            if event.get("event") == "authenticated":
+                open_by_peer[event["peer"]] += 1
+            elif event.get("event") == "connection_closed":
+                open_by_peer[event["peer"]] -= 1
+        return sum(n for n in open_by_peer.values() if n > 0)
+
+    # The client is gone, so every connection it made ends; an exec is logged before its
+    # connection's connection_closed. Once all are closed, every exec started is logged.
+    wait_until(
+        lambda: execs_with_marker() and not sessions_still_open(),
+        10,
+        "every connection of the interrupted run to be closed",
+    )
     started = execs_with_marker()
     assert len(started) == 1, f"hosts started after Ctrl-C: {[e['peer'] for e in started]}"
 

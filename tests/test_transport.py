@@ -15,6 +15,7 @@ from support import (
     read_until_closed,
     run_cli,
     tls_connect,
+    wait_until,
 )
 
 
@@ -121,7 +122,7 @@ def test_slow_trickle_handshake_is_bounded_in_total(daemon):
         try:
             for byte in client_hello:
                 sock.sendall(bytes([byte]))
-                time.sleep(0.25)
+                time.sleep(0.25)  # the slow trickle under test, not a wait for anything
                 if time.monotonic() - started > 6:
                     break
         except OSError:
@@ -180,8 +181,11 @@ def test_changed_host_key_is_refused_loudly_naming_the_line(daemon, client_home)
     stderr = result.stderr.decode()
     assert "HOST KEY CHANGED" in stderr
     assert f"{client_home.known_hosts}:3" in stderr
-    # nothing was sent: the daemon never saw a hello
-    time.sleep(0.2)
+    # nothing was sent: the daemon never saw a hello. It logs the end of that connection
+    # (after the handshake, or as a failed one); by then a hello would have been logged.
+    daemon.wait_for_event(
+        lambda e: e.get("event") in ("connection_closed", "handshake_failed"), timeout=10
+    )
     assert not [e for e in daemon.events() if e.get("event") == "authenticated"]
 
 
@@ -227,9 +231,10 @@ def test_max_connections_refuses_the_next_one_promptly(daemon_factory, client_ho
     daemon = daemon_factory(
         {"ops": client_entry(client_home)}, limits={"max_connections": 3, "handshake_timeout": 5}
     )
+    # tls_connect returns once the daemon answered the handshake, which it does only in
+    # the connection's thread, after admitting it: all three slots are taken now.
     held = [tls_connect(client_home, daemon.port) for _ in range(3)]
     try:
-        time.sleep(0.2)
         started = time.monotonic()
         result = run_cli(client_home, "ping", daemon.address)
         assert result.returncode == 255
@@ -239,13 +244,11 @@ def test_max_connections_refuses_the_next_one_promptly(daemon_factory, client_ho
     finally:
         for sock in held:
             sock.close()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # slots are given back when connections end
-        if run_cli(client_home, "ping", daemon.address).returncode == 0:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("slots were not released")
+    wait_until(  # slots are given back when connections end
+        lambda: run_cli(client_home, "ping", daemon.address).returncode == 0,
+        10,
+        "the held connections' slots to be released",
+    )
 
 
 def test_several_requests_on_one_connection(daemon, client_home):
