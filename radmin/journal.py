@@ -61,8 +61,10 @@ def recover(state_dir: Path) -> list[str]:
         except OSError:
             continue
         # Only ever delete files that carry our prefix: a damaged record must not
-        # become a way to delete something else.
-        if temp_path.is_absolute() and temp_path.name.startswith(TEMP_PREFIX):
+        # become a way to delete something else (nor stop the daemon: a NUL from a
+        # torn write makes unlink() raise ValueError).
+        ours = temp_path.name.startswith(TEMP_PREFIX) and "\0" not in str(temp_path)
+        if temp_path.is_absolute() and ours:
             try:
                 temp_path.unlink()
                 removed.append(str(temp_path))
