@@ -11,6 +11,7 @@ collecting *every* problem, and only then builds the frozen `Config`.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import pwd
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -28,6 +29,7 @@ from radmin.addresses import format_host_port, parse_host_port
 from radmin.errors import ConfigError
 from radmin.identity import fingerprint, key_mode_problem, pem_to_der
 
+T = TypeVar("T")
 DEFAULT_CONFIG_PATH = "/etc/radmin/radmind.yaml"
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
@@ -290,6 +292,142 @@ class ClientsSection:
 
 Schema = dict[str, "Setting | Schema | ClientsSection"]
 
+# -- sections declared once: each field is its own setting ----------------------------
+# The dataclass is what the code reads (typed, for mypy); its fields' metadata is the
+# schema entry, so a key, its type, default and documentation are written in one place.
+
+
+def setting(
+    convert: Converter, default: Any, doc: str, example: str, *, commented: bool = False
+) -> Any:
+    return field(metadata={"setting": Setting(convert, default, doc, example, commented=commented)})
+
+
+def subsection(cls: type) -> Any:
+    return field(metadata={"section": cls})
+
+
+def section(cls: type) -> Schema:
+    """The schema of a dataclass declared with setting() and subsection() fields."""
+    schema: Schema = {}
+    for item in dataclasses.fields(cls):
+        if "setting" in item.metadata:
+            schema[item.name] = item.metadata["setting"]
+        else:
+            schema[item.name] = section(item.metadata["section"])
+    return schema
+
+
+def build(cls: type[T], values: Mapping[str, Any]) -> T:
+    """An instance of a section's dataclass from its validated values."""
+    kwargs = {}
+    for item in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = values[item.name]
+        nested = item.metadata.get("section")
+        kwargs[item.name] = build(nested, value) if nested else value
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class PerClientLimits:
+    max_connections: int = setting(
+        _positive(int),
+        128,
+        "Connections one client may hold at once (more are refused at hello).",
+        "128",
+    )
+    max_processes: int = setting(
+        _positive(int),
+        64,
+        "Commands one client may have running at once (more: exec exits 126).",
+        "64",
+    )
+    max_uploads: int = setting(
+        _positive(int),
+        16,
+        "Uploads one client may have in progress at once (more: put exits 1).",
+        "16",
+    )
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = setting(
+        _positive(int), 512, "Connections served at once; more are closed at once.", "512"
+    )
+    handshake_timeout: float = setting(
+        _positive(float), 10.0, "Seconds a client has to finish TLS and hello.", "10"
+    )
+    idle_timeout: float = setting(
+        _positive(float),
+        300.0,
+        "Seconds the daemon waits for a client's next frame (between requests, in a put).",
+        "300",
+    )
+    frame_timeout: float = setting(
+        _positive(float),
+        30.0,
+        "Seconds a frame has to arrive whole once its first byte is in (a client "
+        "dripping bytes is cut off); a 1 MiB upload frame must fit: raise it for "
+        "links slower than 35 KB/s.",
+        "30",
+    )
+    exec_timeout: float | None = setting(
+        _optional(_positive(float)),
+        None,
+        "Seconds a command may run without -t, and the most -t may ask for (more is "
+        "refused); null or absent: no limit.",
+        "3600",
+        commented=True,
+    )
+    max_put_size: int = setting(
+        parse_size, 10 * 1024**3, "Largest upload (units KiB, MiB, GiB, TiB).", "10GiB"
+    )
+    shutdown_grace: float = setting(
+        _positive(float),
+        30.0,
+        "Seconds in-flight requests get to finish after SIGTERM.",
+        "30",
+    )
+    kill_grace: float = setting(
+        _positive(float),
+        2.0,
+        "Seconds a command's process group has between SIGTERM and SIGKILL.",
+        "2",
+    )
+    upload_stall_timeout: float = setting(
+        _positive(float),
+        60.0,
+        "Seconds an upload may send nothing before it is ended and its space released.",
+        "60",
+    )
+    per_client: PerClientLimits = subsection(PerClientLimits)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = setting(
+        _choice("debug", "info", "warning", "error"),
+        "info",
+        "debug | info | warning | error",
+        "info",
+    )
+    format: str = setting(
+        _choice("json", "console"),
+        "json",
+        "json (one object per line) | console",
+        "json",
+    )
+    file: Path | None = setting(
+        _path,
+        None,
+        "Append logs to this file instead of stderr (needed with run --detach; "
+        "reopened on SIGHUP for logrotate; created mode 0640).",
+        "/var/log/radmind.log",
+        commented=True,
+    )
+
+
 CLIENT_SCHEMA: Schema = {
     "cert": Setting(
         _client_cert,
@@ -378,99 +516,8 @@ SCHEMA: Schema = {
         "relative to this file if relative.",
         "/var/lib/radmin",
     ),
-    "limits": {
-        "max_connections": Setting(
-            _positive(int), 512, "Connections served at once; more are closed at once.", "512"
-        ),
-        "handshake_timeout": Setting(
-            _positive(float), 10.0, "Seconds a client has to finish TLS and hello.", "10"
-        ),
-        "idle_timeout": Setting(
-            _positive(float),
-            300.0,
-            "Seconds the daemon waits for a client's next frame (between requests, in a put).",
-            "300",
-        ),
-        "frame_timeout": Setting(
-            _positive(float),
-            30.0,
-            "Seconds a frame has to arrive whole once its first byte is in (a client "
-            "dripping bytes is cut off); a 1 MiB upload frame must fit: raise it for "
-            "links slower than 35 KB/s.",
-            "30",
-        ),
-        "exec_timeout": Setting(
-            _optional(_positive(float)),
-            None,
-            "Seconds a command may run without -t, and the most -t may ask for (more is "
-            "refused); null or absent: no limit.",
-            "3600",
-            commented=True,
-        ),
-        "max_put_size": Setting(
-            parse_size, 10 * 1024**3, "Largest upload (units KiB, MiB, GiB, TiB).", "10GiB"
-        ),
-        "shutdown_grace": Setting(
-            _positive(float),
-            30.0,
-            "Seconds in-flight requests get to finish after SIGTERM.",
-            "30",
-        ),
-        "kill_grace": Setting(
-            _positive(float),
-            2.0,
-            "Seconds a command's process group has between SIGTERM and SIGKILL.",
-            "2",
-        ),
-        "upload_stall_timeout": Setting(
-            _positive(float),
-            60.0,
-            "Seconds an upload may send nothing before it is ended and its space released.",
-            "60",
-        ),
-        "per_client": {
-            "max_connections": Setting(
-                _positive(int),
-                128,
-                "Connections one client may hold at once (more are refused at hello).",
-                "128",
-            ),
-            "max_processes": Setting(
-                _positive(int),
-                64,
-                "Commands one client may have running at once (more: exec exits 126).",
-                "64",
-            ),
-            "max_uploads": Setting(
-                _positive(int),
-                16,
-                "Uploads one client may have in progress at once (more: put exits 1).",
-                "16",
-            ),
-        },
-    },
-    "log": {
-        "level": Setting(
-            _choice("debug", "info", "warning", "error"),
-            "info",
-            "debug | info | warning | error",
-            "info",
-        ),
-        "format": Setting(
-            _choice("json", "console"),
-            "json",
-            "json (one object per line) | console",
-            "json",
-        ),
-        "file": Setting(
-            _path,
-            None,
-            "Append logs to this file instead of stderr (needed with run --detach; "
-            "reopened on SIGHUP for logrotate; created mode 0640).",
-            "/var/log/radmind.log",
-            commented=True,
-        ),
-    },
+    "limits": section(Limits),
+    "log": section(LogSettings),
     # Last, so that the block `radmin-cli keygen` prints can be appended to the file.
     "clients": ClientsSection(),
 }
@@ -497,34 +544,6 @@ class ClientPolicy:
     def restricted(self) -> bool:
         """Only what the patterns list, run without a shell (docs/policy.md)."""
         return not policy.is_unrestricted(self.allow_exec)
-
-
-@dataclass(frozen=True)
-class PerClientLimits:
-    max_connections: int
-    max_processes: int
-    max_uploads: int
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_connections: int
-    handshake_timeout: float
-    idle_timeout: float
-    frame_timeout: float
-    exec_timeout: float | None
-    max_put_size: int
-    shutdown_grace: float
-    kill_grace: float
-    upload_stall_timeout: float
-    per_client: PerClientLimits
-
-
-@dataclass(frozen=True)
-class LogSettings:
-    level: str
-    format: str
-    file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -688,10 +707,8 @@ def load_config(path: Path) -> Config:
         cert=values["identity"]["cert"],
         put_default_dir=values["put"]["default_dir"],
         state_dir=values["state_dir"],
-        limits=Limits(
-            **{**values["limits"], "per_client": PerClientLimits(**values["limits"]["per_client"])}
-        ),
-        log=LogSettings(**values["log"]),
+        limits=build(Limits, values["limits"]),
+        log=build(LogSettings, values["log"]),
         clients=MappingProxyType(clients),
         warnings=tuple(walker.warnings),
     )
