@@ -7,3 +7,4 @@ nothing here may pull in a heavy module.
 __version__ = "0.1.0"
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 7420
+DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds for TCP + TLS + hello, per host (--connect-timeout)

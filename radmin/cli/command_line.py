@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from radmin import __version__
+from radmin import DEFAULT_CONNECT_TIMEOUT, __version__
 
 
 def _positive_int(text: str) -> int:
@@ -101,9 +101,9 @@ def _fanout_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--connect-timeout",
         type=_seconds,
-        default=10.0,
+        default=DEFAULT_CONNECT_TIMEOUT,
         metavar="SECONDS",
-        help="give up on a host after this long (default 10)",
+        help=f"give up on a host after this long (default {DEFAULT_CONNECT_TIMEOUT:g})",
     )
     _home_option(sub)
 
@@ -175,7 +175,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "--mode",
         type=_octal,
         metavar="OCTAL",
-        help="file mode (default: the local file's permission bits)",
+        help="file mode (default: an existing file keeps its own; a new one gets the "
+        "local file's bits)",
     )
     put.add_argument("--owner", metavar="USER", help="owner on the host")
     put.add_argument("--group", metavar="GROUP", help="group on the host")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 
+from radmin import DEFAULT_CONNECT_TIMEOUT
 from radmin.errors import TransportError
 from radmin.identity import ClientHome, KnownHosts, key_mode_problem
 
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 
     from radmin.hashing import FileDigestCache
 
-DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
 class ClientOptions:
