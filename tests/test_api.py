@@ -86,8 +86,9 @@ def test_errors_are_types(tmp_path, client_home, daemon_factory):
     with pytest.raises(Unreachable):
         radmin.client.connect(Target("x", "127.0.0.1", port), options)
     refused.listen(0)  # accepts TCP (the backlog), never speaks TLS
-    with pytest.raises(ConnectTimeout):
+    with pytest.raises(ConnectTimeout) as silent:
         radmin.client.connect(Target("x", "127.0.0.1", port), options)
+    assert "accepts TCP but does not answer TLS" in str(silent.value)
     refused.close()
     stranger = daemon_factory({})  # does not list this client
     with pytest.raises(NotAuthorizedByDaemon):

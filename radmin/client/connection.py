@@ -175,6 +175,11 @@ def _handshake(tls: ssl.SSLSocket, options: ClientOptions, deadline: float) -> N
 
     try:
         handshake(tls, lambda for_write: _wait(tls, for_write, deadline, options))
+    except ConnectTimeout:
+        raise ConnectTimeout(
+            "TLS handshake timed out: the port accepts TCP but does not answer TLS "
+            "(is it radmind's?)"
+        ) from None
     except (ssl.SSLError, OSError) as exc:
         error = transport_error(exc, "TLS handshake failed")
         if isinstance(error, ConnectionLost):  # reset or EOF before TLS finished
