@@ -193,3 +193,16 @@ def test_exec_fields_name_the_bad_one(params, says):
     with pytest.raises(BadRequest) as refused:
         parse_params(params, None)
     assert says in str(refused.value)
+
+
+@pytest.mark.parametrize("run_id", ["bad id!", "", "-x", "a" * 65, 12, "x\ny"])
+def test_a_malformed_run_id_is_a_bad_request_and_never_logged(daemon, client_home, run_id):
+    frames = frames_after_hello(client_home, daemon.port)
+    frames.send_json(FrameType.REQUEST, {"op": "ping", "run_id": run_id})
+    _, reply = frames.recv_json(FrameType.RESULT)
+    assert (reply["ok"], reply["error"]) == (False, "bad_request")
+    frames.send_json(FrameType.REQUEST, {"op": "ping", "run_id": "CHG-1234"})
+    assert frames.recv_json(FrameType.RESULT)[1]["ok"] is True
+    event = daemon.wait_for_event(lambda e: e.get("run_id") == "CHG-1234")
+    assert event["event"] == "request"
+    assert not [e for e in daemon.events() if e.get("run_id") == run_id]
