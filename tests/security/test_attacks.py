@@ -114,7 +114,7 @@ def cli(site: Site, *args: str, home: ClientHome | None = None, **kwargs):
 
 
 def refused_exec(result: subprocess.CompletedProcess[bytes]) -> bool:
-    return result.returncode == 126 and b"not allowed by policy" in result.stderr
+    return result.returncode == 126 and b"refused by the daemon's policy: " in result.stderr
 
 
 def temp_files_under(folder: Path) -> list[Path]:
@@ -331,7 +331,7 @@ def test_non_root_run_as_cannot_make_setid_or_foreign_owned_files(site, tmp_path
     dest = site.area / "pub" / "suid-id"
     result = cli(site, "put", *options, str(local), site.host, str(dest))
     assert result.returncode == 1, result.stderr
-    assert b"not allowed by policy" in result.stderr
+    assert b"refused by the daemon's policy: " in result.stderr
     assert b"no such" not in result.stderr  # no oracle for which users exist
     assert not dest.exists()
 
@@ -419,7 +419,7 @@ def test_symlinked_folder_leading_outside_allow_put_is_refused(site, tmp_path):
     local.write_text("x\n")
     result = cli(site, "put", str(local), site.host, f"{link}/f")
     assert result.returncode == 1
-    assert b"not allowed by policy" in result.stderr
+    assert b"refused by the daemon's policy: " in result.stderr
     assert not (site.area / "outside" / "f").exists()
 
 
