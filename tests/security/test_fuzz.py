@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import ssl
 import string
@@ -453,12 +454,20 @@ def test_fuzz_ping_requests(fuzz, fuzz_cases):
         request = message(extras, op="ping")
         peer.send(wire(FrameType.REQUEST, to_json(request).encode()))
         reply = one_result(peer)
-        if is_unsafe(request):
+        if is_unsafe(request) or not valid_run_id(request):
             assert reply.get("error") == "bad_request", reply
         else:
             assert reply["ok"] is True and reply["client"] == "low", reply
 
     fuzz("ping", case, examples)
+
+
+def valid_run_id(request: dict[str, Any]) -> bool:
+    """A run_id goes into every log line of its request: absent, or as the contract says."""
+    run_id = request.get("run_id")
+    if run_id is None:
+        return True
+    return isinstance(run_id, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", run_id)
 
 
 # Inert in a shell word: no quotes, globs, expansions, redirections or separators.
