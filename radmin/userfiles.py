@@ -213,6 +213,10 @@ def _child_main(sock: socket.socket, uid: int, gid: int, groups: list[int]) -> N
     try:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)  # the daemon's handlers are not ours
+        # Hold nothing of the daemon's: its listeners, other clients' connections.
+        keep = sock.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
         os.setgroups(groups)
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
