@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from radmin import PROTOCOL_VERSION, __version__
+from radmin import PROTOCOL_VERSION, RUN_ID_PATTERN, __version__
 from radmin.addresses import format_host_port
 from radmin.config import Config
 from radmin.errors import (
@@ -47,7 +47,7 @@ from radmin.tls import handshake, server_context
 from radmin.usage import Usage
 
 SUPPORTED_PROTOCOLS = (PROTOCOL_VERSION,)
-RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+RUN_ID = re.compile(RUN_ID_PATTERN)
 
 # The only operations a client can ask for: an explicit table, never a name lookup.
 OPERATIONS: dict[str, Callable[[Request], Outcome]] = {

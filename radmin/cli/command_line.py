@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from radmin import DEFAULT_CONNECT_TIMEOUT, __version__
+from radmin import DEFAULT_CONNECT_TIMEOUT, RUN_ID_PATTERN, __version__
 
 
 def _positive_int(text: str) -> int:
@@ -47,7 +47,7 @@ def _fingerprint_arg(text: str) -> str:
 def _run_id_arg(text: str) -> str:
     import re
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", text):
+    if not re.fullmatch(RUN_ID_PATTERN, text):
         raise argparse.ArgumentTypeError(
             f"{text!r}: a run id is 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

@@ -48,6 +48,7 @@ from support import (
     wait_until,
 )
 
+from radmin import RUN_ID_PATTERN
 from radmin.errors import ConnectionClosed
 from radmin.identity import ClientHome
 from radmin.protocol import HEADER, FrameSocket, FrameType, max_payload
@@ -467,7 +468,7 @@ def valid_run_id(request: dict[str, Any]) -> bool:
     run_id = request.get("run_id")
     if run_id is None:
         return True
-    return isinstance(run_id, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", run_id)
+    return isinstance(run_id, str) and re.fullmatch(RUN_ID_PATTERN, run_id)
 
 
 # Inert in a shell word: no quotes, globs, expansions, redirections or separators.
