@@ -227,6 +227,19 @@ def _positive(kind: type) -> Converter:
     return convert
 
 
+def _at_least(minimum: float) -> Converter:
+    """A number of seconds no smaller than `minimum` (and finite)."""
+
+    def convert(value: Any, ctx: _Context) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {_describe(value)}")
+        if not minimum <= value < float("inf"):
+            raise ValueError(f"must be at least {minimum:g}, got {value}")
+        return float(value)
+
+    return convert
+
+
 def _optional(convert: Converter) -> Converter:
     """`convert`, or None for a null value (a limit that is off)."""
 
@@ -398,8 +411,17 @@ class Limits:
     upload_stall_timeout: float = setting(
         _positive(float),
         60.0,
-        "Seconds an upload may send nothing before it is ended and its space released.",
+        "Seconds an upload may send nothing before it is ended and its space released "
+        "(heartbeats do not count).",
         "60",
+    )
+    heartbeat_interval: float = setting(
+        _at_least(0.1),
+        10.0,
+        "Seconds without sending after which the daemon sends a heartbeat (a client may "
+        "ask for a shorter one); a client silent for three intervals during a request is "
+        "dead: its command's process group is killed, its partial upload removed.",
+        "10",
     )
     per_client: PerClientLimits = subsection(PerClientLimits)
 

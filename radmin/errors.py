@@ -40,6 +40,17 @@ class ConnectionClosed(RadminError):
         self.truncated = truncated
 
 
+class PeerSilent(ConnectionClosed):
+    """Nothing at all from the peer -- not even a HEARTBEAT -- for three heartbeat
+    intervals: it is dead, partitioned away or frozen (SIGSTOP, where the kernel still
+    ACKs and TCP keepalive cannot tell). `activity` says what we were doing."""
+
+    def __init__(self, silent_s: float, activity: str):
+        super().__init__(f"no answer for {silent_s:g} s while {activity}")
+        self.silent_s = silent_s
+        self.activity = activity
+
+
 class RequestError(RadminError):
     """A well-formed request the daemon refuses or cannot carry out.
 

@@ -8,6 +8,7 @@ The client's `config.yaml` (in the client home) may define aliases and groups:
     groups:
       web: [web1, web2, "10.0.0.13:7422"]
       all: ["@web", db1]          # groups may include groups
+    heartbeat_interval: 10       # seconds (optional; --heartbeat-interval overrides)
 
 Kept free of yaml on the hot path: the config file is only read when a spec names
 something that is not an IP address (`radmin-cli exec 10.0.0.5 ...` never parses it;
@@ -60,11 +61,18 @@ class Target(_Target):
 
 
 class HostBook:
-    """Aliases and groups from the client's config.yaml (empty if there is none)."""
+    """Aliases and groups from the client's config.yaml (empty if there is none), and
+    its heartbeat_interval (None when the file sets none)."""
 
-    def __init__(self, aliases: dict[str, str], groups: dict[str, list[str]]):
+    def __init__(
+        self,
+        aliases: dict[str, str],
+        groups: dict[str, list[str]],
+        heartbeat_interval: float | None = None,
+    ):
         self.aliases = aliases
         self.groups = groups
+        self.heartbeat_interval = heartbeat_interval
 
     @classmethod
     def load(cls, path: os.PathLike[str] | str) -> HostBook:
@@ -140,14 +148,38 @@ class _BookReader:
     def read(self, root: Any) -> HostBook:
         aliases: dict[str, str] = {}
         groups: dict[str, list[str]] = {}
+        heartbeat: float | None = None
         for name, key_node, node in self.items(root, "(top)"):
             if name == "hosts":
                 aliases = {a: self.address(v, f"hosts.{a}") for a, _, v in self.items(node, name)}
             elif name == "groups":
                 groups = {g: self.members(v, f"groups.{g}") for g, _, v in self.items(node, name)}
+            elif name == "heartbeat_interval":
+                heartbeat = self.seconds(node, name)
             else:
-                self.fail(key_node, name, "unknown key (config.yaml has hosts: and groups:)")
-        return HostBook(aliases, groups)
+                self.fail(
+                    key_node,
+                    name,
+                    "unknown key (config.yaml has hosts:, groups: and heartbeat_interval:)",
+                )
+        return HostBook(aliases, groups, heartbeat)
+
+    def seconds(self, node: Any, key: str) -> float:
+        """A number of seconds, at least the protocol's shortest heartbeat interval."""
+        from radmin.protocol import MIN_HEARTBEAT_INTERVAL
+
+        try:
+            value = float(node.value) if node.id == "scalar" and node.tag != _STR else None
+        except ValueError:
+            value = None
+        if value is None or not MIN_HEARTBEAT_INTERVAL <= value < float("inf"):
+            self.fail(
+                node,
+                key,
+                f"expected a number of seconds of at least {MIN_HEARTBEAT_INTERVAL:g}, "
+                f"got {_shape(node)}",
+            )
+        return value
 
     def items(self, node: Any, key: str) -> list[tuple[str, Any, Any]]:
         """(name, key node, value node) of a mapping; nothing for an empty value."""
@@ -205,6 +237,22 @@ def _is_ip_address(entry: str) -> bool:
         except OSError:
             pass
     return False
+
+
+def configured_heartbeat_interval(config_path: os.PathLike[str] | str) -> float:
+    """config.yaml's heartbeat_interval, else the default. The file is parsed only when
+    it mentions the key: yaml stays off radmin-cli's start-up path otherwise."""
+    from radmin.protocol import HEARTBEAT_INTERVAL
+
+    try:
+        with open(config_path, "rb") as f:
+            mentioned = b"heartbeat_interval" in f.read()
+    except OSError:
+        mentioned = False  # a missing file; an unreadable one is reported if HOSTS needs it
+    if not mentioned:
+        return HEARTBEAT_INTERVAL
+    configured = HostBook.load(config_path).heartbeat_interval
+    return HEARTBEAT_INTERVAL if configured is None else configured
 
 
 def resolve_hosts(spec: str, config_path: os.PathLike[str] | str) -> list[Target]:

@@ -12,6 +12,18 @@ are parsed strictly (`decode_json`). See docs/protocol.md for the order frames c
   * blocking request/reply (hello, ping, put) with the socket's timeout, and
   * a non-blocking pump (`poll_frame`/`queue`/`flush`) for loops that also watch pipes
     (exec), because one TLS object must never be read and written from two threads.
+
+Heartbeats (once both HELLOs announced an interval, `start_heartbeat`): a side that has
+sent nothing for one interval sends an empty HEARTBEAT frame; a side that has received
+nothing at all -- not a byte -- for MISSED_HEARTBEATS intervals raises PeerSilent: the
+peer is dead, cut off or frozen. Both styles get this here, in the frame layer, so every
+operation has it: the blocking calls wait with poll() and send the heartbeats
+themselves; a pump calls `keep_alive()` each turn and bounds its poll by
+`heartbeat_wait()`; work that leaves the socket alone for long (hashing a large file,
+fsync) runs inside `keepalive()`, whose helper thread only ever writes HEARTBEATs while
+the owner does not touch the socket. Received HEARTBEATs are dropped where frames are
+parsed: no caller ever sees one, and they reset no idle or stall timeout (those count
+frames, the heartbeat counts bytes).
 """
 
 from __future__ import annotations
@@ -23,10 +35,18 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import time
 from enum import IntEnum
 
-from radmin.errors import ConnectionClosed, FrameTimeout, ProtocolError, UnsafeMessage
+from radmin.errors import (
+    Cancelled,
+    ConnectionClosed,
+    FrameTimeout,
+    PeerSilent,
+    ProtocolError,
+    UnsafeMessage,
+)
 
 # Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
 TYPE_CHECKING = False
@@ -47,6 +67,14 @@ FRAME_TIMEOUT = 30.0
 # (2**64 has 20).
 MAX_DEPTH = 32
 MAX_INT_DIGITS = 20
+# Heartbeats: the default interval (limits.heartbeat_interval, --heartbeat-interval),
+# the shortest a peer may ask for (a client cannot make the daemon send a frame every
+# microsecond), and how many intervals of silence mean the peer is dead.
+HEARTBEAT_INTERVAL = 10.0
+MIN_HEARTBEAT_INTERVAL = 0.1
+MISSED_HEARTBEATS = 3
+_WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError)
+_SOCKET_TIMEOUT = -1.0  # _send_all: wait as long as the socket's own timeout says
 
 
 class FrameType(IntEnum):
@@ -58,6 +86,7 @@ class FrameType(IntEnum):
     CANCEL = 0x06  # JSON, client -> daemon: abort the running operation
     WINDOW = 0x07  # JSON, daemon -> client: this many more STDIN bytes may be sent
     DIGEST = 0x08  # JSON, client -> daemon: the SHA-256 of a put's content
+    HEARTBEAT = 0x09  # empty, both ways after the hello: "still here"; dropped on receipt
     STDIN = 0x10  # bytes, client -> daemon
     STDOUT = 0x11  # bytes, daemon -> client
     STDERR = 0x12  # bytes, daemon -> client
@@ -84,7 +113,7 @@ def max_payload(frame_type: FrameType) -> int:
     """Largest payload a frame of this type may announce."""
     if frame_type in CONTROL_TYPES:
         return MAX_CONTROL
-    if frame_type is FrameType.EOF:
+    if frame_type in (FrameType.EOF, FrameType.HEARTBEAT):
         return 0
     return MAX_DATA
 
@@ -189,6 +218,18 @@ def wait_ready(interest: dict[int, int], timeout: float | None) -> dict[int, int
     return dict(poller.poll(wait_ms))
 
 
+def heartbeat_interval(announced: Any, own: float) -> float | None:
+    """The interval a connection uses: the shorter of ours and the peer's HELLO
+    `heartbeat` (each side must hear from the other that often), never below
+    MIN_HEARTBEAT_INTERVAL; None when the peer announced none (it sends no heartbeats, so
+    its silence proves nothing)."""
+    if isinstance(announced, bool) or not isinstance(announced, int | float):
+        return None
+    if not math.isfinite(announced) or announced <= 0:
+        return None
+    return max(MIN_HEARTBEAT_INTERVAL, min(float(announced), own))
+
+
 def parse_header(header: bytes | memoryview) -> tuple[FrameType, int]:
     """Validate a header before its payload is read: known type, length within limits."""
     type_byte, length = HEADER.unpack(header)
@@ -232,27 +273,127 @@ class FrameSocket:
         self._out = bytearray()
         # When the frame being received must be complete; None while none has begun.
         self._frame_deadline: float | None = None
-        self.frames_received = 0
+        self.frames_received = 0  # HEARTBEATs are not counted: they are not the stream
         self.frames_sent = 0
+        # -- heartbeats (see the module docstring) --
+        self.heartbeat_interval: float | None = None  # None: off (before/without hellos)
+        self.watch_peer = True  # silence is fatal only while True (the daemon's idle wait
+        # between requests is bounded by limits.idle_timeout instead)
+        self.activity = "waiting for the peer"  # for PeerSilent: "uploading", ...
+        self.cancel_fd: int | None = None  # blocking waits raise Cancelled once readable
+        now = time.monotonic()
+        self.last_received = now  # any byte, heartbeats included
+        self.last_sent = now
+        self._send_lock = threading.Lock()
+        self._peer_eof = False
+        self._broken: BaseException | None = None  # a keepalive thread's failure
+
+    # -- heartbeats ----------------------------------------------------------------------
+
+    def start_heartbeat(self, interval: float) -> None:
+        """Both sides announced heartbeats: from now on send and expect them."""
+        self.heartbeat_interval = interval
+        self.last_received = self.last_sent = time.monotonic()
+
+    @property
+    def dead_after(self) -> float | None:
+        """Seconds of silence after which the peer counts as dead (None: never)."""
+        if self.heartbeat_interval is None:
+            return None
+        return MISSED_HEARTBEATS * self.heartbeat_interval
+
+    def _check_peer(self, now: float) -> None:
+        if self._broken is not None:
+            raise self._broken
+        dead_after = self.dead_after
+        if dead_after is not None and self.watch_peer and now - self.last_received >= dead_after:
+            raise PeerSilent(round(dead_after, 3), self.activity)
+
+    def _heartbeat_due(self, now: float) -> bool:
+        interval = self.heartbeat_interval
+        return interval is not None and now - self.last_sent >= interval
+
+    def heartbeat_wait(self, now: float | None = None) -> float | None:
+        """Seconds until a heartbeat is due or the peer's silence becomes fatal: the
+        longest a poll loop may sleep (None: heartbeats are off)."""
+        interval = self.heartbeat_interval
+        if interval is None:
+            return None
+        now = time.monotonic() if now is None else now
+        due = self.last_sent + interval
+        dead_after = self.dead_after
+        if self.watch_peer and dead_after is not None:
+            due = min(due, self.last_received + dead_after)
+        return max(0.0, due - now)
+
+    def keep_alive(self, now: float | None = None) -> None:
+        """For pump loops: raise PeerSilent if the peer has been silent too long, and
+        queue a HEARTBEAT if we have sent nothing for an interval (not behind frames
+        still queued: those are what the peer is not reading)."""
+        now = time.monotonic() if now is None else now
+        self._check_peer(now)
+        if self._heartbeat_due(now) and not self._out:
+            self._out += HEADER.pack(FrameType.HEARTBEAT, 0)
+
+    @contextlib.contextmanager
+    def keepalive(self) -> Any:
+        """Heartbeats from a helper thread while this thread does long work that leaves
+        the socket alone (hashing a large file, fsync): the peer must not take a busy
+        daemon for a dead one. The helper only writes, under the send lock, and has
+        finished before this returns."""
+        if self.heartbeat_interval is None:
+            yield
+            return
+        stop = threading.Event()
+        helper = threading.Thread(
+            target=self._beat_until, args=(stop,), daemon=True, name="heartbeat"
+        )
+        helper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            helper.join()
+
+    def _beat_until(self, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_wait() or 0.0):
+            if not self._heartbeat_due(time.monotonic()):
+                continue
+            try:
+                with self._send_lock:
+                    self._send_all(
+                        HEADER.pack(FrameType.HEARTBEAT, 0), absorb=False, timeout=self.dead_after
+                    )
+            except (OSError, ConnectionClosed, Cancelled) as exc:
+                self._broken = exc  # the owner's next wait raises it
+                return
+
+    def _send_heartbeat(self) -> None:
+        with self._send_lock:
+            # No limit of its own: the peer's silence (checked while waiting) bounds it.
+            self._send_all(HEADER.pack(FrameType.HEARTBEAT, 0), timeout=None)
 
     # -- parsing -----------------------------------------------------------------------
 
     def _frame_from_buffer(self) -> Frame | None:
-        available = self._end - self._start
-        if available < HEADER.size:
-            self._frame_begun(available)
-            return None
-        frame_type, length = parse_header(self._view[self._start : self._start + HEADER.size])
-        total = HEADER.size + length
-        if available < total:
-            self._make_room(total)
-            self._frame_begun(available)
-            return None
-        payload = self._view[self._start + HEADER.size : self._start + total]
-        self._start += total
-        self._frame_deadline = None
-        self.frames_received += 1
-        return Frame(frame_type, payload)
+        while True:
+            available = self._end - self._start
+            if available < HEADER.size:
+                self._frame_begun(available)
+                return None
+            frame_type, length = parse_header(self._view[self._start : self._start + HEADER.size])
+            total = HEADER.size + length
+            if available < total:
+                self._make_room(total)
+                self._frame_begun(available)
+                return None
+            payload = self._view[self._start + HEADER.size : self._start + total]
+            self._start += total
+            self._frame_deadline = None
+            if frame_type is FrameType.HEARTBEAT:
+                continue  # life is counted by bytes (last_received); nobody sees these
+            self.frames_received += 1
+            return Frame(frame_type, payload)
 
     def _frame_begun(self, available: int) -> None:
         """Start the frame clock at the first byte of a frame we are waiting for."""
@@ -307,8 +448,23 @@ class FrameSocket:
         elif self._end == len(self._buf):
             self._compact()
         n = self.sock.recv_into(self._view[self._end :])
-        self._end += n
+        if n:
+            self._end += n
+            self.last_received = time.monotonic()
         return n
+
+    def _has_room(self) -> bool:
+        return self._end - self._start < len(self._buf)
+
+    def _absorb(self) -> None:
+        """Read what has arrived without blocking (the socket is non-blocking here):
+        while we wait to send, the peer's heartbeats and early answers are taken in, so
+        its life is seen and it never blocks on us."""
+        try:
+            if self._receive_more() == 0:
+                self._peer_eof = True
+        except _WANT:
+            pass
 
     def _eof(self) -> ConnectionClosed:
         if self._end > self._start:
@@ -320,43 +476,60 @@ class FrameSocket:
     # -- blocking style ----------------------------------------------------------------
 
     def recv_frame(self, deadline: float | None = None) -> Frame:
-        """Block until one whole frame has arrived.
+        """Block until one whole frame (never a HEARTBEAT) has arrived.
 
-        Three bounds: the socket's timeout for each wait (the caller's idle limit),
-        `frame_timeout` once the frame's first byte is here, and `deadline` (a
-        time.monotonic() value, e.g. the end of the handshake) for the whole call. The
-        last two are totals: a peer dripping a byte at a time cannot stretch them.
+        Bounds: the socket's timeout (the caller's idle limit), counted from this call
+        until a frame's first byte -- heartbeats do not reset it; `frame_timeout` once the
+        frame's first byte is here; `deadline` (a time.monotonic() value, e.g. the end of
+        the handshake) for the whole call; and, with heartbeats on, the peer's silence.
+        A peer dripping a byte at a time cannot stretch them.
         """
-        while True:
-            frame = self._frame_from_buffer()
-            if frame is not None:
-                return frame
-            if self._receive_before(deadline) == 0:
-                raise self._eof()
-
-    def _receive_before(self, deadline: float | None) -> int:
-        """_receive_more, cut short by the frame's deadline or the caller's."""
-        limit = self._frame_deadline
-        if limit is None or (deadline is not None and deadline < limit):
-            limit = deadline
-        if limit is None:
-            return self._receive_more()
-        now = time.monotonic()
-        self._check_frame_deadline(now)
-        remaining = limit - now
-        if remaining <= 0:
-            raise TimeoutError("no complete frame before the deadline")
+        frame = self._frame_from_buffer()
+        if frame is not None:
+            return frame
         idle = self.sock.gettimeout()
-        if idle is not None and idle <= remaining:
-            return self._receive_more()  # the socket's own timeout comes first
-        self.sock.settimeout(remaining)
+        idle_deadline = None if idle is None else time.monotonic() + idle
+        self.sock.setblocking(False)
         try:
-            return self._receive_more()
-        except TimeoutError:
-            self._check_frame_deadline(time.monotonic())
-            raise TimeoutError("no complete frame before the deadline") from None
+            while True:
+                limit = deadline
+                if idle_deadline is not None and self._end == self._start:
+                    limit = idle_deadline if limit is None else min(limit, idle_deadline)
+                if self._receive_waiting(limit) == 0:
+                    raise self._eof()
+                frame = self._frame_from_buffer()
+                if frame is not None:
+                    return frame
         finally:
             self.sock.settimeout(idle)
+
+    def _receive_waiting(self, limit: float | None) -> int:
+        """One recv (the socket is non-blocking), waiting for it with poll(): heartbeats
+        sent and the peer watched meanwhile, Ctrl-C honoured (cancel_fd). TimeoutError
+        at `limit`, FrameTimeout at the frame's deadline."""
+        fd = self.sock.fileno()
+        while True:
+            now = time.monotonic()
+            self._check_frame_deadline(now)
+            self._check_peer(now)
+            if self._heartbeat_due(now):
+                self._send_heartbeat()
+            try:
+                return self._receive_more()
+            except _WANT:
+                pass
+            timers = [t for t in (limit, self._frame_deadline) if t is not None]
+            beat = self.heartbeat_wait(now)
+            if beat is not None:
+                timers.append(now + beat)
+            if limit is not None and now >= limit:
+                raise TimeoutError("no complete frame before the deadline")
+            interest = {fd: select.POLLIN}
+            if self.cancel_fd is not None:
+                interest[self.cancel_fd] = select.POLLIN
+            ready = wait_ready(interest, min(timers) - now if timers else None)
+            if self.cancel_fd is not None and self.cancel_fd in ready:
+                raise Cancelled("cancelled")
 
     def recv_control(self, *expected: FrameType, deadline: float | None = None) -> Frame:
         """Receive a frame of one of the expected (control) types, not yet decoded."""
@@ -375,15 +548,85 @@ class FrameSocket:
 
     def send_frame(self, frame_type: FrameType, payload: bytes | memoryview = b"") -> None:
         header = HEADER.pack(frame_type, len(payload))
-        if len(payload) <= 16 * 1024:
-            self.sock.sendall(header + bytes(payload))
-        else:  # avoid copying bulk data just to glue a 5-byte header on
-            self.sock.sendall(header)
-            self.sock.sendall(payload)
+        with self._send_lock:
+            if len(payload) <= 16 * 1024:
+                self._send_all(header + bytes(payload))
+            else:  # avoid copying bulk data just to glue a 5-byte header on
+                self._send_all(header)
+                self._send_all(payload)
         self.frames_sent += 1
+
+    def _send_all(
+        self, data: bytes | memoryview, absorb: bool = True, timeout: float | None = _SOCKET_TIMEOUT
+    ) -> None:
+        """sendall(), waiting with poll(): the socket's timeout (or `timeout`) bounds a
+        wait without progress, as sendall's does; meanwhile (with `absorb`) what the peer
+        sends is read into the buffer and its silence watched. Call with the send lock
+        held."""
+        view = memoryview(data).cast("B")
+        idle = self.sock.gettimeout()
+        limit_s = idle if timeout == _SOCKET_TIMEOUT else timeout
+        self.sock.setblocking(False)
+        try:
+            progress = time.monotonic()
+            while view:
+                try:
+                    # A retried TLS write must see the same leading bytes: same slice.
+                    n = self.sock.send(view[:_SEND_CHUNK])
+                except _WANT:
+                    n = 0
+                if n:
+                    view = view[n:]
+                    progress = self.last_sent = time.monotonic()
+                    continue
+                self._wait_writable(None if limit_s is None else progress + limit_s, absorb)
+        finally:
+            self.sock.settimeout(idle)
+
+    def _wait_writable(self, limit: float | None, absorb: bool) -> None:
+        now = time.monotonic()
+        if absorb:
+            self._check_peer(now)
+        if limit is not None and now >= limit:
+            raise TimeoutError("the peer took nothing for the socket's timeout")
+        fd = self.sock.fileno()
+        reading = absorb and not self._peer_eof and self._has_room()
+        interest = {fd: select.POLLOUT | (select.POLLIN if reading else 0)}
+        if absorb and self.cancel_fd is not None:
+            interest[self.cancel_fd] = select.POLLIN
+        timers = [] if limit is None else [limit]
+        beat = self.heartbeat_wait(now) if absorb else None
+        if beat is not None:
+            timers.append(now + beat)
+        ready = wait_ready(interest, min(timers) - now if timers else None)
+        if absorb and self.cancel_fd is not None and self.cancel_fd in ready:
+            raise Cancelled("cancelled")
+        if reading and ready.get(fd, 0) & ~select.POLLOUT:
+            self._absorb()
 
     def send_json(self, frame_type: FrameType, obj: dict[str, Any]) -> None:
         self.send_frame(frame_type, encode_json(obj))
+
+    def frame_pending(self) -> bool:
+        """Has the peer sent a frame (not a heartbeat) or closed, without blocking? A
+        sender asks between chunks whether the receiver answered early (disk full)."""
+        if not self._peer_eof and self._has_room():
+            idle = self.sock.gettimeout()
+            self.sock.setblocking(False)
+            try:
+                self._absorb()
+            finally:
+                self.sock.settimeout(idle)
+        self._drop_heartbeats()
+        pending = self.sock.pending() if isinstance(self.sock, ssl.SSLSocket) else 0
+        return self._peer_eof or self._end > self._start or bool(pending)
+
+    def _drop_heartbeats(self) -> None:
+        while self._end - self._start >= HEADER.size:
+            frame_type, length = parse_header(self._view[self._start : self._start + HEADER.size])
+            if frame_type is not FrameType.HEARTBEAT:
+                return
+            self._start += HEADER.size + length
 
     # -- non-blocking pump -------------------------------------------------------------
 
@@ -402,7 +645,7 @@ class FrameSocket:
             try:
                 if self._receive_more() == 0:
                     raise self._eof()
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            except _WANT:
                 return None
 
     def queue(self, frame_type: FrameType, payload: bytes | memoryview = b"") -> None:
@@ -436,15 +679,17 @@ class FrameSocket:
 
     def flush(self) -> bool:
         """Send what the socket takes without blocking; True once nothing is queued."""
-        while self._out:
-            try:
-                # A copy of a constant-size prefix: a retried TLS write must see the
-                # same leading bytes, and a bytearray cannot shrink while viewed.
-                n = self.sock.send(self._out[:_SEND_CHUNK])
-            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
-                return False
-            del self._out[:n]
-        return True
+        with self._send_lock:
+            while self._out:
+                try:
+                    # A copy of a constant-size prefix: a retried TLS write must see the
+                    # same leading bytes, and a bytearray cannot shrink while viewed.
+                    n = self.sock.send(self._out[:_SEND_CHUNK])
+                except _WANT:
+                    return False
+                del self._out[:n]
+                self.last_sent = time.monotonic()
+            return True
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -42,7 +42,7 @@ from radmin.ops import Outcome, Request
 from radmin.ops import exec as exec_op
 from radmin.ops import ping as ping_op
 from radmin.ops import put as put_op
-from radmin.protocol import Frame, FrameSocket, FrameType, wait_ready
+from radmin.protocol import Frame, FrameSocket, FrameType, heartbeat_interval, wait_ready
 from radmin.tls import handshake, server_context
 from radmin.usage import Usage
 
@@ -311,10 +311,19 @@ class Session(socketserver.BaseRequestHandler):
                 f"no common protocol version: daemon speaks {list(SUPPORTED_PROTOCOLS)}, "
                 f"client offers {offered}"
             )
-        conn.send_json(
-            FrameType.HELLO,
-            {"protocol": max(common), "software": f"radmind/{__version__}", "client": client.name},
-        )
+        # The shorter of the two intervals, announced back; a client that announced
+        # none (an older one) gets no heartbeats and is not expected to send any.
+        interval = heartbeat_interval(hello.get("heartbeat"), config.limits.heartbeat_interval)
+        reply: dict[str, Any] = {
+            "protocol": max(common),
+            "software": f"radmind/{__version__}",
+            "client": client.name,
+        }
+        if interval is not None:
+            reply["heartbeat"] = interval
+        conn.send_json(FrameType.HELLO, reply)
+        if interval is not None:
+            conn.start_heartbeat(interval)
         self.log = self.log.bind(client=client.name)
         self.log.info("authenticated", client_software=str(hello.get("software", "?"))[:80])
         return client.name
@@ -324,6 +333,10 @@ class Session(socketserver.BaseRequestHandler):
             config, _ = self.state.snapshot()
             conn.sock.settimeout(config.limits.idle_timeout)
             conn.frame_timeout = config.limits.frame_timeout
+            # Between requests idle_timeout decides (heartbeats do not reset it): a
+            # client holding an idle connection from a script need not beat.
+            conn.watch_peer = False
+            conn.activity = "waiting for a request"
             try:
                 frame = conn.recv_control(FrameType.REQUEST, FrameType.CANCEL)
             except ConnectionClosed as exc:
@@ -340,6 +353,8 @@ class Session(socketserver.BaseRequestHandler):
                 frame.json()  # still must be a JSON object
                 continue  # it raced the RESULT of the request it meant to cancel
             self.busy = True
+            conn.watch_peer = True
+            conn.last_received = time.monotonic()  # the REQUEST itself
             try:
                 config, _ = self.state.snapshot()  # a reload meanwhile applies to this request
                 in_step = self._run_request(conn, config, frame)
@@ -360,6 +375,7 @@ class Session(socketserver.BaseRequestHandler):
         try:
             message = _request_fields(frame)
             log = _bind_request(log, message)
+            conn.activity = f"serving {str(message.get('op'))[:20]}"
             outcome = self._perform(conn, config, message, log, audit)
         except RequestError as exc:
             outcome = Outcome.failure(exc, after_reply=None)

@@ -157,12 +157,14 @@ class Receiver:
         """Write what arrives into fd, verify it, fsync; the verified SHA-256."""
         self.announce()
         self.started = True
+        self.frames.activity = "receiving a file"
         writer = _Writer(fd)
         writer.start()
         try:
             self._stream_into(writer)
         finally:
-            writer.finish()
+            with self.frames.keepalive():  # the writer may still be busy with the disk
+                writer.finish()
         if writer.error is not None:
             raise TransferFailed(writer.error)
         actual = writer.digest.hexdigest()
@@ -176,7 +178,8 @@ class Receiver:
                 f"checksum mismatch: the client's sha256 is {self.sha256}, received {actual}"
             )
         try:
-            os.fsync(fd)
+            with self.frames.keepalive():  # a large file's fsync can take a while
+                os.fsync(fd)
         except OSError as exc:
             raise TransferFailed(f"writing {self.what} failed: {exc.strerror}") from None
         return actual

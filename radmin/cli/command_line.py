@@ -32,6 +32,18 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _heartbeat(text: str) -> float:
+    """Seconds between heartbeats: at least the protocol's shortest interval."""
+    from radmin.protocol import MIN_HEARTBEAT_INTERVAL
+
+    value = _seconds(text)
+    if value < MIN_HEARTBEAT_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"expected at least {MIN_HEARTBEAT_INTERVAL:g} seconds, got {text!r}"
+        )
+    return value
+
+
 def _fingerprint_arg(text: str) -> str:
     """`SHA256:` and 43 characters of unpadded base64, as `radmind fingerprint` prints."""
     import re
@@ -104,6 +116,13 @@ def _fanout_options(sub: argparse.ArgumentParser) -> None:
         default=DEFAULT_CONNECT_TIMEOUT,
         metavar="SECONDS",
         help=f"give up on a host after this long (default {DEFAULT_CONNECT_TIMEOUT:g})",
+    )
+    sub.add_argument(
+        "--heartbeat-interval",
+        type=_heartbeat,
+        metavar="SECONDS",
+        help="send a heartbeat after this long without sending; a host silent for three "
+        "intervals is dead (default: config.yaml's heartbeat_interval, else 10)",
     )
     _home_option(sub)
 

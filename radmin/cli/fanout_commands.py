@@ -71,6 +71,14 @@ class Run:
         self.stop = Cancellation()
         _stop_on_sigint(self.stop)
         self.out = SharedOutput(_binary(sys.stdout), lambda: self.stop.cancel(OUTPUT_CLOSED))
+        heartbeat = args.heartbeat_interval
+        if heartbeat is None:
+            from radmin.hosts import configured_heartbeat_interval
+
+            try:
+                heartbeat = configured_heartbeat_interval(home.config)
+            except HostSpecError as exc:
+                raise UsageError(str(exc)) from None
         self.options = ClientOptions(
             home,
             strict_host_key=args.strict_host_key,
@@ -79,6 +87,7 @@ class Run:
             warn=stderr_line,
             cancel_fd=self.stop.fd,
             run_id=self.run_id,
+            heartbeat_interval=heartbeat,
         )
         self._warned_host_key = False  # the full warning is given once
         self._lock = threading.Lock()

@@ -29,6 +29,7 @@ from radmin.errors import (
     ConnectTimeout,
     HostKeyError,
     NotAuthorizedByDaemon,
+    PeerSilent,
     ProtocolError,
     RemoteError,
     RemoteProtocolError,
@@ -38,7 +39,7 @@ from radmin.errors import (
     Unreachable,
 )
 from radmin.identity import fingerprint
-from radmin.protocol import FrameSocket, FrameType, wait_ready
+from radmin.protocol import FrameSocket, FrameType, heartbeat_interval, wait_ready
 
 # Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
 TYPE_CHECKING = False
@@ -100,12 +101,18 @@ def transport_error(
 
 
 @contextlib.contextmanager
-def translated(phase: str, options: ClientOptions | None = None) -> Iterator[None]:
+def translated(
+    phase: str, options: ClientOptions | None = None, host: str = "the host"
+) -> Iterator[None]:
     """Run a block whose socket/TLS/frame errors become typed TransportErrors."""
     try:
         yield
     except _OURS:
         raise
+    except PeerSilent as exc:
+        raise ConnectionLost(
+            f"no answer from {host} for {exc.silent_s:g} s while {exc.activity}"
+        ) from None
     except (OSError, ssl.SSLError, ConnectionClosed, ProtocolError) as exc:
         raise transport_error(exc, phase, options) from None
 
@@ -130,10 +137,15 @@ def connect(target: Target, options: ClientOptions) -> Connection:
         new_host = _check_host_key(target, options, presented)
         tls.settimeout(options.connect_timeout)
         frames = FrameSocket(tls)
+        frames.cancel_fd = options.cancel_fd
         with translated("connection lost", options):
             frames.send_json(
                 FrameType.HELLO,
-                {"protocols": [PROTOCOL_VERSION], "software": f"radmin-cli/{__version__}"},
+                {
+                    "protocols": [PROTOCOL_VERSION],
+                    "software": f"radmin-cli/{__version__}",
+                    "heartbeat": options.heartbeat_interval,
+                },
             )
     except BaseException:
         tls.close()
@@ -253,7 +265,7 @@ class Connection:
         self.frames.close()
 
     def translated(self, phase: str):
-        return translated(phase, self.options)
+        return translated(phase, self.options, self.target.label)
 
     # -- frames, with errors translated -------------------------------------------------
 
@@ -270,13 +282,13 @@ class Connection:
     ) -> tuple[FrameType, dict[str, Any]]:
         """Receive a control frame; an ERROR frame from the daemon becomes an exception.
 
-        Waits up to the connect timeout, or without limit with `long_wait` (the RESULT of
-        a large upload comes after the daemon's fsync), and always returns on Ctrl-C.
+        Once heartbeats run (after the daemon's HELLO), waits as long as the daemon shows
+        it is alive -- a daemon hashing a large file before it answers is not a dead one;
+        three silent intervals end it. Before that, up to the connect timeout, or without
+        limit with `long_wait`. Always returns on Ctrl-C (Cancelled).
         """
-        timeout = None if long_wait else self.options.connect_timeout
-        if self.options.cancel_fd is not None and not self.frames.buffered:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            _wait(self.frames.sock, False, deadline, self.options)
+        beating = self.frames.heartbeat_interval is not None
+        timeout = None if long_wait or beating else self.options.connect_timeout
         self.frames.sock.settimeout(timeout)
         try:
             with self.translated("connection lost"):
@@ -311,6 +323,9 @@ class Connection:
             return
         _, hello = self.receive(FrameType.HELLO)
         self._hello_pending = False
+        interval = heartbeat_interval(hello.get("heartbeat"), self.options.heartbeat_interval)
+        if interval is not None:
+            self.frames.start_heartbeat(interval)
         self.client_name = str(hello.get("client", ""))
         self.server_software = str(hello.get("software", ""))
         if self._new_host and self.options.known_hosts.record(
@@ -325,11 +340,13 @@ class Connection:
         """Send a REQUEST (and collect the hello answer if it is still pending)."""
         if self.options.run_id is not None:
             params["run_id"] = self.options.run_id
+        self.frames.activity = "waiting for the reply"
         self.send(FrameType.REQUEST, {"op": op, **params})
         self._finish_hello()
 
     def result(self, long_wait: bool = False) -> dict[str, Any]:
         """Wait for the RESULT that ends the current request."""
+        self.frames.activity = "waiting for the result"
         _, reply = self.receive(FrameType.RESULT, long_wait=long_wait)
         return self.check(reply)
 

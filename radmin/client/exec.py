@@ -129,6 +129,7 @@ class _ExecStream:
     def run(self) -> dict[str, Any]:
         sock = self.frames.sock
         sock.setblocking(False)
+        self.frames.activity = "running the command"
         try:
             while self.result is None:
                 self._queue_stdin_bytes()
@@ -152,6 +153,12 @@ class _ExecStream:
             timeout = max(0.0, self.cancel_sent_at + CANCEL_WAIT - time.monotonic())
             if timeout == 0:
                 raise TransportError("cancelled, but the daemon did not confirm in time")
+        self.frames.keep_alive()  # a HEARTBEAT when we were quiet; PeerSilent when it is
+        beat = self.frames.heartbeat_wait()
+        if beat is not None:
+            timeout = beat if timeout is None else min(timeout, beat)
+        if self.frames.queued:
+            interest[sock_fd] |= select.POLLOUT
         if self.frames.buffered:
             timeout = 0  # decrypted bytes poll() cannot see
         ready = wait_ready(interest, timeout)

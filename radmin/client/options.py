@@ -36,6 +36,7 @@ class ClientOptions:
         warn: Callable[[str], None] | None = None,
         cancel_fd: int | None = None,
         run_id: str | None = None,
+        heartbeat_interval: float | None = None,
     ):
         self.home = home
         self.strict_host_key = strict_host_key
@@ -47,10 +48,21 @@ class ClientOptions:
         # Sent with every request, so one fleet-wide action can be found in every
         # daemon's log (interface.md: "Run id").
         self.run_id = run_id
+        # Seconds of our silence before we send a HEARTBEAT; three of the connection's
+        # intervals without a byte from the daemon and it counts as dead (exit 255).
+        # None: the client config.yaml's heartbeat_interval, else the default.
+        self.heartbeat_interval = (
+            heartbeat_interval if heartbeat_interval is not None else self._configured_heartbeat()
+        )
         self.known_hosts = KnownHosts(home.known_hosts)
         self._context: ssl.SSLContext | None = None
         self._digests: FileDigestCache | None = None
         self._lock = threading.Lock()
+
+    def _configured_heartbeat(self) -> float:
+        from radmin.hosts import configured_heartbeat_interval
+
+        return configured_heartbeat_interval(self.home.config)
 
     def tls_context(self) -> ssl.SSLContext:
         with self._lock:

@@ -9,13 +9,11 @@ frame order.
 from __future__ import annotations
 
 import os
-import select
-import ssl
 import time
 from collections import namedtuple
 
 from radmin.errors import LocalFileError
-from radmin.protocol import FrameType, wait_ready
+from radmin.protocol import FrameType
 
 # Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
 TYPE_CHECKING = False
@@ -68,11 +66,14 @@ def put_file(
     frame_type, reply = conn.receive(FrameType.PROCEED, FrameType.RESULT)
     if frame_type is FrameType.PROCEED and reply.get("digest_first"):
         if sha256 is None:
-            sha256 = _local_digest(conn, local_path)
+            with conn.frames.keepalive():  # the daemon waits while we hash
+                sha256 = _local_digest(conn, local_path)
         conn.send(FrameType.DIGEST, {"sha256": sha256})
+        conn.frames.activity = "comparing checksums"
         frame_type, reply = conn.receive(FrameType.PROCEED, FrameType.RESULT, long_wait=True)
     sent = 0
     if frame_type is FrameType.PROCEED:
+        conn.frames.activity = "uploading"
         sent, streamed_digest = _send_file(
             conn, local_path, info.st_size, progress, hash_it=sha256 is None
         )
@@ -133,7 +134,7 @@ def _send_file(
 
 
 def _answered_early(conn: Connection) -> bool:
-    """Has the daemon sent its RESULT before all data was sent (disk full, say)?"""
-    sock = conn.frames.sock
-    pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
-    return bool(pending) or bool(wait_ready({sock.fileno(): select.POLLIN}, 0))
+    """Has the daemon sent its RESULT before all data was sent (disk full, say)?
+    Its heartbeats are no answer: they are read and dropped here."""
+    with conn.translated("connection lost"):
+        return conn.frames.frame_pending()

@@ -342,7 +342,9 @@ class ProcessPump:
         poller = select.poll()
         registered: set[int] = set()
         sock_fd = self.conn.sock.fileno()
+        self.conn.activity = "running the command"
         while self.status is None or self.outputs:
+            self.conn.keep_alive()  # a HEARTBEAT when quiet; PeerSilent: the group is killed
             wanted = self._interest(sock_fd)
             for fd in registered - wanted.keys():
                 poller.unregister(fd)
@@ -393,6 +395,9 @@ class ProcessPump:
         now = time.monotonic()
         timers = [self.deadline if not self.timed_out else now + 1.0]
         timers += [t for t in (self.kill_at, self.abandon_at) if t is not None]
+        beat = self.conn.heartbeat_wait(now)
+        if beat is not None:
+            timers.append(now + beat)
         wait = min(timers) - now
         if self.pidfd is None and self.status is None:
             wait = min(wait, 0.05)

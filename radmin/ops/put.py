@@ -19,6 +19,7 @@ import os
 import posixpath
 import pwd
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ from radmin.transfer import Receiver, TransferFailed, land, receive_digest
 # Digests of files this daemon wrote or hashed, so a repeated upload of a large file
 # is answered "unchanged" without reading it again (see radmin/hashing.py on staleness).
 DIGESTS = DigestCache()
+# TESTS ONLY: seconds to sleep while hashing the destination, to stand in for a file
+# large enough to take longer than a client's connect timeout. Read once, when the
+# daemon starts; never set it in production.
+TEST_HASH_DELAY = float(os.environ.get("RADMIN_TEST_HASH_DELAY") or 0)
 
 
 @dataclass(frozen=True)
@@ -264,11 +269,12 @@ def _compare_content(
     try:
         if params.sha256 is None:  # both sides hash at once, then compare
             request.conn.send_json(FrameType.PROCEED, {"path": params.path, "digest_first": True})
-            have = fd_sha256(fd, DIGESTS)
+            have = _hash_destination(request, fd)
+            request.conn.activity = "waiting for the client's checksum"
             digest = receive_digest(request.conn, request.config.limits.idle_timeout)
             params = dataclasses.replace(params, sha256=digest)
         else:
-            have = fd_sha256(fd, DIGESTS)
+            have = _hash_destination(request, fd)
         fields = {"path": params.path, "bytes": 0, "sha256": params.sha256, **_owner_fields(target)}
         if have != params.sha256:
             return None, params
@@ -280,6 +286,15 @@ def _compare_content(
         return _outcome("changed", {**fields, "metadata_only": True}), params
     finally:
         os.close(fd)
+
+
+def _hash_destination(request: Request, fd: int) -> str:
+    """The destination's SHA-256, heartbeats going out meanwhile: a large file takes
+    longer than the client's connect timeout, and the client must not think us dead."""
+    with request.conn.keepalive():
+        if TEST_HASH_DELAY:
+            time.sleep(TEST_HASH_DELAY)
+        return fd_sha256(fd, DIGESTS)
 
 
 def _owner_fields(target: Metadata) -> dict[str, Any]:
