@@ -4,14 +4,23 @@ Signals are queued by tiny handlers and acted on in one loop in the main thread 
 gunicorn arbiter's model), so a reload never races a stop and no lock is taken inside a
 signal handler. systemd hears about every step (radmin/sdnotify.py).
 
-Stop: stop accepting, close idle connections, let requests in flight finish within
-`limits.shutdown_grace`, then end the rest -- their sockets are shut down, which makes a
-running exec kill its process group and a running put delete its temporary file -- and
-exit 0.
+Stop: stop accepting (every listener at once), close idle connections, let requests in
+flight finish within `limits.shutdown_grace` -- or less: a second SIGTERM/SIGINT ends the
+wait at once, as gunicorn's arbiter does -- then end the rest: running commands get
+SIGTERM (SIGKILL after `limits.kill_grace`) and their clients a RESULT saying the daemon
+ended them; remaining sockets are shut down, which makes a running put delete its
+temporary file. Exit 0.
+
+One daemon per state_dir: its lock (flock on STATE_DIR/radmind.lock, taken after
+python-daemon has detached, since it closes inherited files) is taken before anything in
+it is touched, so a second `radmind run` with the same config cannot clear the first
+one's in-flight uploads as leftovers.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import queue
 import resource
 import signal
@@ -19,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from radmin import __version__, folders, journal
+from radmin import __version__, folders, journal, running
 from radmin.addresses import format_host_port
 from radmin.config import Config, load_config
 from radmin.errors import ConfigError, StartupError
@@ -62,6 +71,29 @@ def _nr_open() -> int:
         return 1024 * 1024
 
 
+def _lock_state_dir(config: Config) -> int:
+    """flock STATE_DIR/radmind.lock for the daemon's life, or refuse to start; the
+    descriptor is returned to keep the lock (close-on-exec: commands do not hold it)."""
+    state_dir = config.state_dir
+    try:
+        folders.ensure_folder(state_dir)
+        fd = os.open(state_dir / "radmind.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StartupError(f"cannot lock state_dir {state_dir}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StartupError(
+            f"state_dir {state_dir} is in use by another radmind (pid {holder}); "
+            "two daemons must not share a state_dir (give each its own config)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def _address_text(address: Any) -> str:
     """A bound socket's address (socketserver types it loosely) as host:port."""
     return format_host_port(str(address[0]), int(address[1]))
@@ -91,8 +123,10 @@ class Daemon:
         self.servers: dict[tuple[str, int], RadminServer] = {}  # by configured address
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._check_fd_limit(config)
+        self._state_lock = _lock_state_dir(config)
         self._prepare_folders(config)
         self._recover_uploads(config)
+        self._end_orphans(config)
         self._log_warnings(config)
 
     def _log_warnings(self, config: Config) -> None:
@@ -140,6 +174,16 @@ class Daemon:
             inflight = journal.inflight_dir(config.state_dir)
             raise StartupError(f"cannot create state_dir {inflight}: {exc.strerror}") from None
 
+    def _end_orphans(self, config: Config) -> None:
+        """Kill the commands a previous run left running (it died: kill -9, a crash)."""
+        ended = running.end_orphans(config.state_dir)
+        if ended:
+            self.log.warning(
+                "ended_orphaned_commands",
+                process_groups=ended,
+                note="left running by a previous radmind that did not stop cleanly",
+            )
+
     def _recover_uploads(self, config: Config) -> None:
         """Delete temporary files of uploads a previous run did not finish (kill -9)."""
         removed = journal.recover(config.state_dir)
@@ -179,8 +223,15 @@ class Daemon:
 
     @staticmethod
     def _close(servers) -> None:
+        """Stop listeners in parallel: each shutdown() waits for its accept loop's next
+        turn (up to _ACCEPT_POLL), which one after another adds up."""
+        servers = list(servers)
+        stoppers = [threading.Thread(target=server.shutdown) for server in servers]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
         for server in servers:
-            server.shutdown()
             server.server_close()
 
     def bind(self) -> None:
@@ -307,15 +358,59 @@ class Daemon:
         state.stopping.set()
         self._close(self.servers.values())
         state.close_idle_sessions()
-        finished = self._wait_for_sessions(grace)
+        started = time.monotonic()
+        finished = self._wait_for_sessions(grace, hurry=True)
         if not finished:
-            self.log.warning("ending_requests", after_s=grace, connections=state.connections)
-            state.close_all_sessions()
-            self._wait_for_sessions(state.config.limits.kill_grace + 3)
+            self._end_requests(time.monotonic() - started)
         self.log.info("stopped", requests_served=state.requests_served, ended_early=not finished)
 
-    def _wait_for_sessions(self, seconds: float) -> bool:
+    def _end_requests(self, waited: float) -> None:
+        """Grace over (or a second signal): commands get SIGTERM and their clients a
+        RESULT; what is still open after kill_grace is SIGKILLed, then cut off."""
+        state = self.state
+        kill_grace = state.config.limits.kill_grace
+        commands = state.commands.end_all(running.SHUTTING_DOWN, signal.SIGTERM)
+        self.log.warning(
+            "ending_requests",
+            after_s=round(waited, 3),
+            connections=state.connections,
+            commands=commands,
+            note="running commands get SIGTERM and their clients a RESULT",
+        )
+        if self._wait_for_commands(kill_grace):
+            self._wait_for_sessions(1.0)  # their RESULTs go out
+        else:
+            state.commands.end_all(running.SHUTTING_DOWN, signal.SIGKILL)
+            self._wait_for_commands(1.0)
+        state.close_all_sessions()
+        self._wait_for_sessions(3.0)
+
+    def _wait_for_commands(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while len(self.state.commands) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not len(self.state.commands)
+
+    def _wait_for_sessions(self, seconds: float, hurry: bool = False) -> bool:
+        """True once no connection is left; False after `seconds`, or at once when
+        `hurry` and a second SIGTERM/SIGINT came."""
         deadline = time.monotonic() + seconds
         while self.state.connections and time.monotonic() < deadline:
+            if hurry and self._stop_repeated():
+                return False
             time.sleep(0.05)
         return not self.state.connections
+
+    def _stop_repeated(self) -> bool:
+        while True:
+            try:
+                signum = self.signals.get_nowait()
+            except queue.Empty:
+                return False
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.log.warning(
+                    "stop_hurried",
+                    signal=signal.Signals(signum).name,
+                    note="second stop signal: requests in flight are ended now",
+                )
+                return True

@@ -89,6 +89,8 @@ class HostOutcome(_Outcome):
             return self.kind
         if result.timed_out:
             return "timed out"
+        if result.ended_by:
+            return f"{result.ended_by} (signal {result.signal})"
         if result.exit_code is None:
             return f"killed by signal {result.signal}"
         return f"exit {result.exit_code}"

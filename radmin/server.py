@@ -42,6 +42,7 @@ from radmin.ops import Outcome, Request
 from radmin.ops import exec as exec_op
 from radmin.ops import ping as ping_op
 from radmin.ops import put as put_op
+from radmin.running import RunningCommands
 from radmin.protocol import Frame, FrameSocket, FrameType, heartbeat_interval, wait_ready
 from radmin.tls import handshake, server_context
 from radmin.usage import Usage
@@ -77,6 +78,7 @@ class DaemonState:
         self._ids = itertools.count(1)
         self.log = get_logger()
         self.usage = Usage()  # what each client holds (limits.per_client)
+        self.commands = RunningCommands()  # every command running (journal, stop)
 
     def apply(self, config: Config) -> None:
         """Swap in a validated config; requests already running keep their snapshot."""
@@ -422,6 +424,7 @@ class Session(socketserver.BaseRequestHandler):
             log=log,
             audit=audit,
             usage=self.state.usage,
+            commands=self.state.commands,
         )
         return operation(request)
 

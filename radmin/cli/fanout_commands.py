@@ -279,6 +279,8 @@ def exec_command(args: argparse.Namespace, home: ClientHome) -> int:
             run.json_line(_exec_record(outcome, *output))
         elif isinstance(outcome.result, ExecResult) and outcome.result.timed_out and not run.quiet:
             error(f"{outcome.target.label}: {TIMED_OUT_MESSAGE}")
+        elif isinstance(outcome.result, ExecResult) and outcome.result.ended_by and not run.quiet:
+            error(f"{outcome.target.label}: {outcome.result.ended_by}: it ended the command")
         else:
             run.report_failure(outcome)
 
@@ -321,7 +323,9 @@ def _exec_record(outcome: HostOutcome, stdout: bytes, stderr: bytes) -> dict[str
         "stdout": stdout.decode("utf-8", "replace"),
         "stderr": stderr.decode("utf-8", "replace"),
         "duration_s": result.duration_s if result else None,
-        "error": outcome.error or ("timed out" if timed_out else None),
+        "error": outcome.error
+        or ("timed out" if timed_out else None)
+        or (result.ended_by if result is not None else None),
     }
     for name, data in (("stdout", stdout), ("stderr", stderr)):
         try:

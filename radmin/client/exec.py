@@ -33,12 +33,13 @@ CANCEL_WAIT = 5.0  # seconds to wait for the daemon's RESULT after a CANCEL
 class ExecResult(
     namedtuple(
         "ExecResult",
-        "exit_code signal timed_out cancelled duration_s stdout stderr",
-        defaults=(b"", b""),
+        "exit_code signal timed_out cancelled duration_s stdout stderr ended_by",
+        defaults=(b"", b"", None),
     )
 ):
     """`exit_code` is None when `signal` ended the command; `stdout`/`stderr` are filled
-    by Connection.run() and empty when the output was streamed to callbacks."""
+    by Connection.run() and empty when the output was streamed to callbacks; `ended_by`
+    says why the daemon itself ended it ("daemon shutting down"), else None."""
 
     __slots__ = ()
 
@@ -82,6 +83,7 @@ def exec_command(
         timed_out=bool(result.get("timed_out")),
         cancelled=bool(result.get("cancelled")),
         duration_s=float(result.get("duration_s", 0.0)),
+        ended_by=str(result["ended_by"])[:200] if result.get("ended_by") else None,
     )
 
 

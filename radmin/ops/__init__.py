@@ -16,6 +16,7 @@ from typing import Any
 from radmin.config import ClientPolicy, Config
 from radmin.errors import RequestError
 from radmin.protocol import FrameSocket
+from radmin.running import RunningCommands
 from radmin.usage import Usage
 
 
@@ -34,6 +35,8 @@ class Request:
     audit: dict[str, Any] = field(default_factory=dict)
     # What every client holds right now (per-client limits), shared by all sessions.
     usage: Usage = field(default_factory=Usage)
+    # Every command the daemon runs: journaled, and ended by the daemon's stop.
+    commands: RunningCommands = field(default_factory=RunningCommands)
 
 
 @dataclass(frozen=True)

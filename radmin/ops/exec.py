@@ -258,25 +258,24 @@ def run(request: Request) -> Outcome:
         proc = _spawn(plan, executable, command_env(user, params.env), user, cwd)
         reset_resources(proc.pid, in_child=user.pw_uid != os.geteuid())
         pump = ProcessPump(request.conn, proc, params.timeout, config.limits)
-        try:
-            request.conn.send_json(
-                FrameType.PROCEED, {"pid": proc.pid, "stdin_window": STDIN_WINDOW}
-            )
-            pump.run()
-        except BaseException as exc:
-            pump.terminate_group()
-            if isinstance(exc, ConnectionClosed | OSError):
-                request.audit.update(pump.summary())
-                raise ConnectionClosed(f"client went away during exec: {exc}") from None
-            raise
+        with request.commands.running(config.state_dir, proc.pid, pump):
+            try:
+                request.conn.send_json(
+                    FrameType.PROCEED, {"pid": proc.pid, "stdin_window": STDIN_WINDOW}
+                )
+                pump.run()
+            except BaseException as exc:
+                pump.terminate_group()
+                if isinstance(exc, ConnectionClosed | OSError):
+                    request.audit.update(pump.summary())
+                    who = pump.ended_by or "client went away"
+                    raise ConnectionClosed(f"{who} during exec: {exc}") from None
+                raise
     summary = pump.summary()
-    return Outcome(
-        reply={
-            k: summary[k] for k in ("exit_code", "signal", "timed_out", "cancelled", "duration_s")
-        },
-        log=summary,
-        after_reply=pump.drain_client_input,
-    )
+    reply = {k: summary[k] for k in ("exit_code", "signal", "timed_out", "cancelled", "duration_s")}
+    if pump.ended_by is not None:
+        reply["ended_by"] = pump.ended_by  # the client says so, rather than "signal 15"
+    return Outcome(reply=reply, log=summary, after_reply=pump.drain_client_input)
 
 
 def _not_found(request: Request, program: str) -> Outcome:
@@ -334,6 +333,7 @@ class ProcessPump:
         self.byte_counts = {FrameType.STDOUT: 0, FrameType.STDERR: 0}
         self.pidfd = _pidfd(proc.pid)
         self.duration = 0.0
+        self.ended_by: str | None = None  # the daemon ended it (stopping), not a client
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -508,8 +508,12 @@ class ProcessPump:
     def _check_timers(self) -> None:
         now = time.monotonic()
         if not self.timed_out and now >= self.deadline:
-            self.timed_out = True
-            self._start_kill()
+            self._check_exit()  # it may have exited while we were slow to look
+            if self.status is None:
+                self.timed_out = True
+                self._start_kill()
+            else:
+                self.deadline = float("inf")
         if self.kill_at is not None and now >= self.kill_at:
             self.kill_at = None
             self._killpg(signal.SIGKILL)
@@ -529,6 +533,13 @@ class ProcessPump:
             os.killpg(self.proc.pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
+
+    def end_by_daemon(self, reason: str, signum: int) -> None:
+        """Called from the daemon's stop (another thread): signal the group; this pump
+        then sees the command end and sends its RESULT as usual."""
+        if self.status is None:
+            self.ended_by = reason
+            self._killpg(signum)
 
     def terminate_group(self) -> None:
         """SIGTERM the group, give it kill_grace to go, SIGKILL what is left, reap."""
@@ -582,6 +593,7 @@ class ProcessPump:
             "bytes_out": self.byte_counts[FrameType.STDOUT],
             "bytes_err": self.byte_counts[FrameType.STDERR],
             "pid": self.proc.pid,
+            "ended_by": self.ended_by,
         }
 
 
