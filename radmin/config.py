@@ -240,6 +240,27 @@ def _at_least(minimum: float) -> Converter:
     return convert
 
 
+def _startups(value: Any, ctx: _Context) -> tuple[int, int, int]:
+    """'start:rate:full' (sshd's MaxStartups), or N for N:100:N."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        parts = [value, 100, value]
+    elif isinstance(value, str) and value.count(":") == 2:
+        try:
+            parts = [int(part) for part in value.split(":")]
+        except ValueError:
+            parts = []
+    else:
+        parts = []
+    if len(parts) != 3:
+        raise ValueError(f"expected 'start:rate:full' (e.g. \"10:30:100\") or a number, got {value!r}")
+    start, rate, full = parts
+    if not (1 <= start <= full and 1 <= rate <= 100):
+        raise ValueError(
+            f"need 1 <= start <= full and a rate of 1-100 (percent), got {value!r}"
+        )
+    return start, rate, full
+
+
 def _optional(convert: Converter) -> Converter:
     """`convert`, or None for a null value (a limit that is off)."""
 
@@ -414,6 +435,22 @@ class Limits:
         "Seconds an upload may send nothing before it is ended and its space released "
         "(heartbeats do not count).",
         "60",
+    )
+    max_startups: tuple[int, int, int] = setting(
+        _startups,
+        (10, 30, 100),
+        "Connections still in the TLS handshake or hello (not yet authenticated), as "
+        "OpenSSH's MaxStartups 'start:rate:full': above start, new ones are dropped with "
+        "probability rate% rising to 100% at full; a single number N means N:100:N. They "
+        "count against max_connections too.",
+        '"10:30:100"',
+    )
+    max_startups_per_source: int = setting(
+        _positive(int),
+        8,
+        "Unauthenticated connections one source address (an IPv6 /64) may hold at once; "
+        "more are closed at accept (OpenSSH's PerSourceMaxStartups).",
+        "8",
     )
     heartbeat_interval: float = setting(
         _at_least(0.1),
@@ -903,6 +940,8 @@ def _format_default(value: Any) -> str:
         return "`[]`"
     if isinstance(value, tuple) and value and isinstance(value[0], tuple):
         return "`" + ", ".join(f"{h}:{p}" for h, p in value) + "`"
+    if isinstance(value, tuple) and value and all(isinstance(v, int) for v in value):
+        return "`" + ":".join(str(v) for v in value) + "`"  # max_startups
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1024**2:
         return f"`{value // 1024**3}GiB`"
     return f"`{value}`"

@@ -290,6 +290,7 @@ class Daemon:
             try:
                 signum = self.signals.get(timeout=_TICK)
             except queue.Empty:
+                self.state.throttled.flush()
                 if time.monotonic() >= next_status:
                     next_status = time.monotonic() + _STATUS_EVERY
                     status = self._status()

@@ -1,6 +1,6 @@
 """The daemon's network core: accept, authenticate, dispatch.
 
-    TCP accept -> verify_request (max_connections, in the accept loop)
+    TCP accept -> verify_request (max_connections, max_startups, in the accept loop)
       -> process_request: a thread (or, failing that, the slot back and a close)
       -> Session.handle: TLS 1.3 handshake under a deadline, fingerprint -> client name
       -> hello -> loop { REQUEST -> OPERATIONS[op] -> RESULT } -> log -> close
@@ -43,6 +43,7 @@ from radmin.ops import exec as exec_op
 from radmin.ops import ping as ping_op
 from radmin.ops import put as put_op
 from radmin.running import RunningCommands
+from radmin.startups import LogThrottle, StartupLimits, Startups, source_key
 from radmin.protocol import Frame, FrameSocket, FrameType, heartbeat_interval, wait_ready
 from radmin.tls import handshake, server_context
 from radmin.usage import Usage
@@ -79,6 +80,8 @@ class DaemonState:
         self.log = get_logger()
         self.usage = Usage()  # what each client holds (limits.per_client)
         self.commands = RunningCommands()  # every command running (journal, stop)
+        self.startups = Startups()  # unauthenticated connections (limits.max_startups)
+        self.throttled = LogThrottle(self.log)  # refusals and failed handshakes
 
     def apply(self, config: Config) -> None:
         """Swap in a validated config; requests already running keep their snapshot."""
@@ -153,16 +156,31 @@ class RadminServer(socketserver.ThreadingTCPServer):
         self.last_tick = time.monotonic()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """max_connections, enforced in the accept loop before a thread exists."""
-        if self.state.stopping.is_set():
+        """max_connections and the startup slots (radmin/startups.py), enforced in the
+        accept loop before a thread exists."""
+        state = self.state
+        if state.stopping.is_set():
             return False
-        if self.state.try_admit():
+        limits = state.config.limits
+        if not state.try_admit():
+            state.throttled.warning(
+                "connection_refused",
+                peer=_peer(client_address),
+                reason="max_connections reached",
+                max_connections=limits.max_connections,
+            )
+            return False
+        start, rate, full = limits.max_startups
+        startup = StartupLimits(start, rate, full, limits.max_startups_per_source)
+        refused = state.startups.try_begin(source_key(str(client_address[0])), startup)
+        if refused is None:
             return True
-        self.state.log.warning(
+        state.release()
+        state.throttled.warning(
             "connection_refused",
             peer=_peer(client_address),
-            reason="max_connections reached",
-            max_connections=self.state.config.limits.max_connections,
+            reason=refused,
+            unauthenticated=state.startups.in_use,
         )
         return False
 
@@ -174,6 +192,7 @@ class RadminServer(socketserver.ThreadingTCPServer):
             super().process_request(request, client_address)
         except Exception as exc:
             self.state.release()
+            self.state.startups.end(source_key(str(client_address[0])))
             self.state.log.error(
                 "connection_dropped", peer=_peer(client_address), reason=f"no thread: {exc}"
             )
@@ -218,6 +237,8 @@ class Session(socketserver.BaseRequestHandler):
         self.requests = 0
         self.busy = False
         self.counted_as: str | None = None  # the client this connection counts against
+        # The startup slot verify_request took, until the client is authenticated.
+        self.startup_source: str | None = source_key(str(self.client_address[0]))
         self.sock = self.request  # what finish() closes: TCP until TLS wraps it
         self.log = self.state.log.bind(peer=_peer(self.client_address))
         self.state.register(self)
@@ -234,7 +255,13 @@ class Session(socketserver.BaseRequestHandler):
         if conn is not None:
             self._converse(conn)
 
+    def _end_startup(self) -> None:
+        if self.startup_source is not None:
+            self.state.startups.end(self.startup_source)
+            self.startup_source = None
+
     def finish(self) -> None:
+        self._end_startup()
         if self.counted_as is not None:
             self.state.usage.release(self.counted_as, "connections")
         self.state.unregister(self)
@@ -250,13 +277,13 @@ class Session(socketserver.BaseRequestHandler):
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             tls = context.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
         except OSError as exc:  # the peer is already gone
-            self.log.warning("handshake_failed", reason=_handshake_reason(exc))
+            self._handshake_failed(exc)
             return None
         self.sock = tls
         try:
             handshake(tls, lambda for_write: _wait(tls, for_write, self.deadline, "TLS handshake"))
         except (OSError, ssl.SSLError) as exc:
-            self.log.warning("handshake_failed", reason=_handshake_reason(exc))
+            self._handshake_failed(exc)
             _linger_close(tls)
             return None
         self.client_fp = fingerprint(tls.getpeercert(binary_form=True) or b"")
@@ -264,10 +291,17 @@ class Session(socketserver.BaseRequestHandler):
         tls.settimeout(config.limits.handshake_timeout)  # the hello has self.deadline
         return FrameSocket(tls, frame_timeout=config.limits.frame_timeout)
 
+    def _handshake_failed(self, exc: BaseException) -> None:
+        """Logged through the throttle: a flood of them must not flood the log."""
+        self.state.throttled.warning(
+            "handshake_failed", peer=_peer(self.client_address), reason=_handshake_reason(exc)
+        )
+
     def _converse(self, conn: FrameSocket) -> None:
         outcome = "closed"
         try:
             self.client_name = self._hello(conn)
+            self._end_startup()  # authenticated: no longer a startup
             outcome = self._serve_requests(conn)
         except ProtocolError as exc:
             outcome = "protocol_error"
