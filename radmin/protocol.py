@@ -487,9 +487,10 @@ class FrameSocket:
         frame = self._frame_from_buffer()
         if frame is not None:
             return frame
+        if not self._watching:
+            return self._recv_plain(deadline)
         idle = self.sock.gettimeout()
         idle_deadline = None if idle is None else time.monotonic() + idle
-        self.sock.setblocking(False)
         try:
             while True:
                 limit = deadline
@@ -503,10 +504,49 @@ class FrameSocket:
         finally:
             self.sock.settimeout(idle)
 
+    @property
+    def _watching(self) -> bool:
+        """Heartbeats or a cancel fd to watch: waits go through poll() in Python. Else
+        the socket's own blocking wait (its timeout) is enough, and cheaper."""
+        return self.heartbeat_interval is not None or self.cancel_fd is not None
+
+    def _recv_plain(self, deadline: float | None) -> Frame:
+        while True:
+            frame = self._frame_from_buffer()
+            if frame is not None:
+                return frame
+            if self._receive_before(deadline) == 0:
+                raise self._eof()
+
+    def _receive_before(self, deadline: float | None) -> int:
+        """_receive_more, cut short by the frame's deadline or the caller's."""
+        limit = self._frame_deadline
+        if limit is None or (deadline is not None and deadline < limit):
+            limit = deadline
+        if limit is None:
+            return self._receive_more()
+        now = time.monotonic()
+        self._check_frame_deadline(now)
+        remaining = limit - now
+        if remaining <= 0:
+            raise TimeoutError("no complete frame before the deadline")
+        idle = self.sock.gettimeout()
+        if idle is not None and idle <= remaining:
+            return self._receive_more()  # the socket's own timeout comes first
+        self.sock.settimeout(remaining)
+        try:
+            return self._receive_more()
+        except TimeoutError:
+            self._check_frame_deadline(time.monotonic())
+            raise TimeoutError("no complete frame before the deadline") from None
+        finally:
+            self.sock.settimeout(idle)
+
     def _receive_waiting(self, limit: float | None) -> int:
-        """One recv (the socket is non-blocking), waiting for it with poll(): heartbeats
-        sent and the peer watched meanwhile, Ctrl-C honoured (cancel_fd). TimeoutError
-        at `limit`, FrameTimeout at the frame's deadline."""
+        """One recv, its wait cut into slices at the next timer: heartbeats sent and the
+        peer watched meanwhile, Ctrl-C honoured (cancel_fd). TimeoutError at `limit`,
+        FrameTimeout at the frame's deadline. Each slice is the socket's own timed wait
+        (no extra system calls while data flows)."""
         fd = self.sock.fileno()
         while True:
             now = time.monotonic()
@@ -514,22 +554,28 @@ class FrameSocket:
             self._check_peer(now)
             if self._heartbeat_due(now):
                 self._send_heartbeat()
-            try:
-                return self._receive_more()
-            except _WANT:
-                pass
+            if limit is not None and now >= limit:
+                raise TimeoutError("no complete frame before the deadline")
             timers = [t for t in (limit, self._frame_deadline) if t is not None]
             beat = self.heartbeat_wait(now)
             if beat is not None:
                 timers.append(now + beat)
-            if limit is not None and now >= limit:
-                raise TimeoutError("no complete frame before the deadline")
-            interest = {fd: select.POLLIN}
-            if self.cancel_fd is not None:
-                interest[self.cancel_fd] = select.POLLIN
-            ready = wait_ready(interest, min(timers) - now if timers else None)
-            if self.cancel_fd is not None and self.cancel_fd in ready:
-                raise Cancelled("cancelled")
+            wait = max(0.001, min(timers) - now) if timers else None
+            if self.cancel_fd is not None and not self.sock_pending():
+                ready = wait_ready({fd: select.POLLIN, self.cancel_fd: select.POLLIN}, wait)
+                if self.cancel_fd in ready:
+                    raise Cancelled("cancelled")
+                if not ready:
+                    continue
+            self.sock.settimeout(wait)
+            try:
+                return self._receive_more()
+            except TimeoutError:
+                continue
+
+    def sock_pending(self) -> int:
+        """Decrypted bytes TLS holds that poll() cannot see."""
+        return self.sock.pending() if isinstance(self.sock, ssl.SSLSocket) else 0
 
     def recv_control(self, *expected: FrameType, deadline: float | None = None) -> Frame:
         """Receive a frame of one of the expected (control) types, not yet decoded."""
@@ -548,12 +594,13 @@ class FrameSocket:
 
     def send_frame(self, frame_type: FrameType, payload: bytes | memoryview = b"") -> None:
         header = HEADER.pack(frame_type, len(payload))
+        send = self._send_all if self._watching else self.sock.sendall
         with self._send_lock:
             if len(payload) <= 16 * 1024:
-                self._send_all(header + bytes(payload))
+                send(header + bytes(payload))
             else:  # avoid copying bulk data just to glue a 5-byte header on
-                self._send_all(header)
-                self._send_all(payload)
+                send(header)
+                send(payload)
         self.frames_sent += 1
 
     def _send_all(

@@ -62,6 +62,14 @@ def _temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.name.startswith(".radmin-upload-")]
 
 
+def _bytes_read(pid: int) -> int:
+    """What the process has read so far, sockets included (/proc/PID/io rchar)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar")
+
+
 def _raw_client(home, port: int, interval: float = INTERVAL) -> FrameSocket:
     """A hand-driven client that announced heartbeats and then sends only what the
     test sends: silence on it is a dead client for the daemon."""
@@ -198,8 +206,12 @@ def test_frozen_daemon_during_put_fails_the_client_within_three_intervals(
         str(uploads / "big.bin"),
         stderr=subprocess.PIPE,
     )
-    wait_until(lambda: _temp_files(uploads), 10, "the upload's temporary file")
     assert daemon.proc is not None
+    wait_until(lambda: _temp_files(uploads), 10, "the upload's temporary file")
+    received = _bytes_read(daemon.proc.pid)
+    wait_until(
+        lambda: _bytes_read(daemon.proc.pid) > received + 16 * 1024**2, 20, "data flowing"
+    )
     with frozen(daemon.proc):
         started = time.monotonic()
         _, stderr = client.communicate(timeout=DEAD_AFTER + SLACK + 5)
