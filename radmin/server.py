@@ -13,6 +13,7 @@ overridden, the loop untouched. One server per `listen:` address; they share a
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import re
 import select
@@ -154,6 +155,20 @@ class RadminServer(socketserver.ThreadingTCPServer):
 
     def service_actions(self) -> None:
         self.last_tick = time.monotonic()
+
+    def get_request(self) -> tuple[Any, Any]:
+        """accept(); out of descriptors, the waiting connection stays in the backlog and
+        the listener stays readable: pause briefly rather than spin, and say so (once
+        per throttle window)."""
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self.state.throttled.warning(
+                    "accept_failed", reason=f"out of file descriptors ({exc.strerror})"
+                )
+                time.sleep(0.05)
+            raise
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """max_connections and the startup slots (radmin/startups.py), enforced in the

@@ -7,6 +7,7 @@ a `RequestError` -- it never writes the RESULT frame itself.
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 from collections.abc import Callable
@@ -63,11 +64,42 @@ class Outcome:
         return {"ok": True, **self.reply}
 
 
-def run_as_user(run_as: str | None) -> pwd.struct_passwd:
-    """The user a client's commands and files belong to: its run_as, else the daemon's."""
-    if run_as is None:
-        return pwd.getpwuid(os.geteuid())
+OUT_OF_DESCRIPTORS = (
+    "the daemon is out of file descriptors (too many connections and commands at once): "
+    "try again later; its open-file limit (ulimit -n, LimitNOFILE=) may be too low"
+)
+
+
+class OutOfDescriptors(RequestError):
+    """EMFILE/ENFILE: new work is refused (RESULT `failed`), the session goes on."""
+
+    code = "failed"
+
+    def __init__(self) -> None:
+        super().__init__(OUT_OF_DESCRIPTORS)
+
+
+def out_of_descriptors(exc: OSError | None = None) -> bool:
+    """Is this error (or, without one, a probe) the process running out of fds?"""
+    if exc is not None:
+        return exc.errno in (errno.EMFILE, errno.ENFILE)
     try:
-        return pwd.getpwnam(run_as)
+        os.close(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as probe:
+        return probe.errno in (errno.EMFILE, errno.ENFILE)
+    return False
+
+
+def run_as_user(run_as: str | None) -> pwd.struct_passwd:
+    """The user a client's commands and files belong to: its run_as, else the daemon's.
+
+    A lookup fails with KeyError also when /etc/passwd cannot be opened -- out of file
+    descriptors -- which must not read as "no such user" (nor crash the session)."""
+    try:
+        return pwd.getpwuid(os.geteuid()) if run_as is None else pwd.getpwnam(run_as)
     except KeyError:
+        if out_of_descriptors():
+            raise OutOfDescriptors() from None
+        if run_as is None:
+            raise RequestError("the daemon's own user cannot be looked up") from None
         raise RequestError(f"run_as user {run_as!r} does not exist on this host") from None

@@ -38,7 +38,7 @@ from typing import Any
 from radmin import policy
 from radmin.config import ClientPolicy, Limits
 from radmin.errors import BadRequest, ConnectionClosed, ProtocolError, RequestError
-from radmin.ops import Outcome, Request, fields, run_as_user
+from radmin.ops import OutOfDescriptors, Outcome, Request, fields, out_of_descriptors, run_as_user
 from radmin.protocol import HIGH_WATER, FrameSocket, FrameType, wait_ready
 
 STDIN_WINDOW = 1024 * 1024  # stdin bytes a client may send ahead of the command's reads
@@ -199,6 +199,8 @@ def _spawn(
             **switch_user,
         )
     except OSError as exc:
+        if out_of_descriptors(exc):
+            raise OutOfDescriptors() from None
         raise RequestError(f"cannot start the command: {exc.strerror or exc}") from None
 
 
