@@ -252,12 +252,12 @@ def _startups(value: Any, ctx: _Context) -> tuple[int, int, int]:
     else:
         parts = []
     if len(parts) != 3:
-        raise ValueError(f"expected 'start:rate:full' (e.g. \"10:30:100\") or a number, got {value!r}")
+        raise ValueError(
+            f"expected 'start:rate:full' (e.g. \"10:30:100\") or a number, got {value!r}"
+        )
     start, rate, full = parts
     if not (1 <= start <= full and 1 <= rate <= 100):
-        raise ValueError(
-            f"need 1 <= start <= full and a rate of 1-100 (percent), got {value!r}"
-        )
+        raise ValueError(f"need 1 <= start <= full and a rate of 1-100 (percent), got {value!r}")
     return start, rate, full
 
 
@@ -438,19 +438,20 @@ class Limits:
     )
     max_startups: tuple[int, int, int] = setting(
         _startups,
-        (10, 30, 100),
+        (64, 30, 256),
         "Connections still in the TLS handshake or hello (not yet authenticated), as "
         "OpenSSH's MaxStartups 'start:rate:full': above start, new ones are dropped with "
         "probability rate% rising to 100% at full; a single number N means N:100:N. They "
         "count against max_connections too.",
-        '"10:30:100"',
+        '"64:30:256"',
     )
     max_startups_per_source: int = setting(
         _positive(int),
-        8,
+        32,
         "Unauthenticated connections one source address (an IPv6 /64) may hold at once; "
-        "more are closed at accept (OpenSSH's PerSourceMaxStartups).",
-        "8",
+        "more are closed at accept (OpenSSH's PerSourceMaxStartups). Keep it below "
+        "max_startups' start, so that one flooding host cannot trigger drops for others.",
+        "32",
     )
     heartbeat_interval: float = setting(
         _at_least(0.1),
@@ -499,7 +500,7 @@ CLIENT_SCHEMA: Schema = {
         "exec": Setting(
             _exec_patterns,
             (),
-            "Command patterns, matched on argv (docs/policy.md); \"*\" = any shell command "
+            'Command patterns, matched on argv (docs/policy.md); "*" = any shell command '
             "as run_as; [] = none.",
             '["uptime", "systemctl status *"]',
         ),
@@ -518,8 +519,7 @@ CLIENT_SCHEMA: Schema = {
         "env": Setting(
             _env_names,
             (),
-            "-e names a restricted client may set (docs/policy.md); unsafe names need "
-            "env_unsafe.",
+            "-e names a restricted client may set (docs/policy.md); unsafe names need env_unsafe.",
             "[DEPLOY_ENV]",
         ),
         "env_unsafe": Setting(

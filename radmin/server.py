@@ -43,9 +43,9 @@ from radmin.ops import Outcome, Request
 from radmin.ops import exec as exec_op
 from radmin.ops import ping as ping_op
 from radmin.ops import put as put_op
+from radmin.protocol import Frame, FrameSocket, FrameType, heartbeat_interval, wait_ready
 from radmin.running import RunningCommands
 from radmin.startups import LogThrottle, StartupLimits, Startups, source_key
-from radmin.protocol import Frame, FrameSocket, FrameType, heartbeat_interval, wait_ready
 from radmin.tls import handshake, server_context
 from radmin.usage import Usage
 

@@ -90,7 +90,7 @@ class LogThrottle:
     said in one `events_suppressed` line when the window ends: a flood of failed
     handshakes must not become a flood of log lines (disk, CPU, the accept loop)."""
 
-    def __init__(self, log: Any, window: float = 10.0, burst: int = 5):
+    def __init__(self, log: Any, window: float = 10.0, burst: int = 100):
         self.log = log
         self.window = window
         self.burst = burst

@@ -28,7 +28,9 @@ def _low_fd_limit() -> None:  # runs in the daemon's child before exec
     resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, LIMIT))
 
 
-def test_running_out_of_descriptors_refuses_work_without_crashing(tmp_path, server_identity, client_home):
+def test_running_out_of_descriptors_refuses_work_without_crashing(
+    tmp_path, server_identity, client_home
+):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
     daemon = prepare_daemon(tmp_path / "d", server_identity, {"ops": client_entry(client_home)})
@@ -44,9 +46,7 @@ def test_running_out_of_descriptors_refuses_work_without_crashing(tmp_path, serv
             try:
                 frames = frames_after_hello(client_home, daemon.port)
                 frames.sock.settimeout(3)
-                frames.send_json(
-                    FrameType.REQUEST, {"op": "exec", "command": f"sleep {marker}"}
-                )
+                frames.send_json(FrameType.REQUEST, {"op": "exec", "command": f"sleep {marker}"})
                 kind, reply = frames.recv_json(FrameType.PROCEED, FrameType.RESULT)
             except (OSError, ConnectionClosed) as exc:  # refused before TLS or hello
                 outcomes["connection refused"] = outcomes.get("connection refused", 0) + 1
@@ -68,7 +68,9 @@ def test_running_out_of_descriptors_refuses_work_without_crashing(tmp_path, serv
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     wait_until_gone(marker, timeout=15)
     wait_until(lambda: daemon.proc.poll() is None, 1, "daemon alive")
-    crashes = [e for e in daemon.events() if e.get("event") in ("session_crashed", "request_crashed")]
+    crashes = [
+        e for e in daemon.events() if e.get("event") in ("session_crashed", "request_crashed")
+    ]
     assert crashes == [], crashes
     assert ping_works(frames_after_hello(client_home, daemon.port))
     assert run_cli(client_home, "ping", daemon.address).returncode == 0

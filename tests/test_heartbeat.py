@@ -209,9 +209,7 @@ def test_frozen_daemon_during_put_fails_the_client_within_three_intervals(
     assert daemon.proc is not None
     wait_until(lambda: _temp_files(uploads), 10, "the upload's temporary file")
     received = _bytes_read(daemon.proc.pid)
-    wait_until(
-        lambda: _bytes_read(daemon.proc.pid) > received + 16 * 1024**2, 20, "data flowing"
-    )
+    wait_until(lambda: _bytes_read(daemon.proc.pid) > received + 16 * 1024**2, 20, "data flowing")
     with frozen(daemon.proc):
         started = time.monotonic()
         _, stderr = client.communicate(timeout=DEAD_AFTER + SLACK + 5)
@@ -342,7 +340,9 @@ def slow_hash_daemon(tmp_path, server_identity, client_home) -> Iterator[Daemon]
         daemon.stop()
 
 
-def test_put_of_same_size_file_outlives_the_connect_timeout(slow_hash_daemon, client_home, tmp_path):
+def test_put_of_same_size_file_outlives_the_connect_timeout(
+    slow_hash_daemon, client_home, tmp_path
+):
     source = tmp_path / "config.txt"
     source.write_bytes(b"same content\n" * 1000)
     target = str(slow_hash_daemon.folder / "uploads" / "config.txt")

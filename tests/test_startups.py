@@ -11,7 +11,6 @@ import threading
 import time
 
 import pytest
-from support import client_entry
 
 from radmin.client import ClientOptions, connect
 from radmin.config import ConfigError
@@ -23,7 +22,7 @@ from radmin.startups import (
     source_key,
 )
 
-LIMITS = StartupLimits(start=10, rate=30, full=100, per_source=8)
+LIMITS = StartupLimits(start=10, rate=30, full=100, per_source=8)  # sshd's MaxStartups
 
 
 @pytest.mark.parametrize(
@@ -162,4 +161,4 @@ def test_admin_ping_answered_during_a_flood_of_silent_connections(daemon, client
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     refusals = [e for e in daemon.events() if e.get("event") == "connection_refused"]
     assert refusals and "max_startups_per_source" in refusals[0]["reason"]
-    assert len(refusals) <= 5 * 3  # throttled: 5 per 10 s window
+    assert len(refusals) <= 100 * 2  # throttled: 100 per 10 s window

@@ -189,9 +189,7 @@ class _ExecStream:
             self.result = self.conn.check(_json(frame_type, payload))
         elif frame_type is FrameType.ERROR:
             message = _json(frame_type, payload)
-            raise RemoteProtocolError(
-                f"daemon reported a protocol error: {message.get('message')}"
-            )
+            raise RemoteProtocolError(f"daemon reported a protocol error: {message.get('message')}")
         else:
             raise RemoteProtocolError(f"protocol error: unexpected {frame_type.name} during exec")
 

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from radmin.hashing import FileDigestCache
 
 
-
 class ClientOptions:
     """The client's identity, trust settings and per-run shared state."""
 

@@ -38,7 +38,7 @@ from typing import Any
 from radmin import policy
 from radmin.config import ClientPolicy, Limits
 from radmin.errors import BadRequest, ConnectionClosed, ProtocolError, RequestError
-from radmin.ops import OutOfDescriptors, Outcome, Request, fields, out_of_descriptors, run_as_user
+from radmin.ops import Outcome, OutOfDescriptors, Request, fields, out_of_descriptors, run_as_user
 from radmin.protocol import HIGH_WATER, FrameSocket, FrameType, wait_ready
 
 STDIN_WINDOW = 1024 * 1024  # stdin bytes a client may send ahead of the command's reads

@@ -70,9 +70,7 @@ FIELDS = (
     ),
     fields.Field("sha256", fields.SHA256, "the content's SHA-256; null: DIGEST after the data"),
     fields.Field("mode", fields.MODE, "--mode; null: an existing file keeps its bits"),
-    fields.Field(
-        "local_mode", fields.MODE, "the local file's bits, for a new file", default=0o644
-    ),
+    fields.Field("local_mode", fields.MODE, "the local file's bits, for a new file", default=0o644),
     fields.Field("owner", fields.NAME, "--owner; null: see docs/policy.md"),
     fields.Field("group", fields.NAME, "--group; null: see docs/policy.md"),
 )

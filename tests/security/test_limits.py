@@ -186,6 +186,9 @@ def test_300_concurrent_execs_of_one_client_leave_an_admin_ping_fast_and_no_fd_b
         limits={
             "handshake_timeout": 10,
             "per_client": {"max_connections": CONCURRENT, "max_processes": CONCURRENT},
+            # CONCURRENT handshakes at once from one address is what these caps refuse.
+            "max_startups": 2 * CONCURRENT,
+            "max_startups_per_source": 2 * CONCURRENT,
         },
     )
     trust(admin, daemon)
@@ -222,6 +225,9 @@ def test_a_wide_fan_out_raises_the_clients_own_open_file_limit(
         limits={
             "handshake_timeout": 10,
             "per_client": {"max_connections": CONCURRENT, "max_processes": CONCURRENT},
+            # CONCURRENT handshakes at once from one address is what these caps refuse.
+            "max_startups": 2 * CONCURRENT,
+            "max_startups_per_source": 2 * CONCURRENT,
         },
     )
     trust(client_home, daemon)
