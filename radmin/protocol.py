@@ -307,6 +307,11 @@ class FrameSocket:
             raise self._broken
         dead_after = self.dead_after
         if dead_after is not None and self.watch_peer and now - self.last_received >= dead_after:
+            if self.sock_pending() or wait_ready({self.sock.fileno(): select.POLLIN}, 0):
+                # Bytes wait unread: the peer lived while we were not reading (an API
+                # user's connection idle between requests).
+                self.last_received = now
+                return
             raise PeerSilent(round(dead_after, 3), self.activity)
 
     def _heartbeat_due(self, now: float) -> bool:

@@ -368,6 +368,17 @@ def test_put_of_same_size_file_outlives_the_connect_timeout(
     assert time.monotonic() - started >= 3
 
 
+def test_api_connection_idle_between_requests_is_not_taken_for_dead(daemon, client_home):
+    from radmin.client import ClientOptions, connect
+
+    options = ClientOptions(client_home, heartbeat_interval=0.2)
+    with contextlib.closing(connect(daemon.address, options)) as conn:
+        conn.ping()
+        idle_since = time.monotonic()
+        wait_until(lambda: time.monotonic() - idle_since > 1.0, 5, "an idle second")
+        assert conn.run("echo still here").stdout == b"still here\n"
+
+
 def test_old_client_without_heartbeats_is_served(daemon, client_home):
     frames = frames_after_hello(client_home, daemon.port)  # announces no heartbeat
     assert frames.heartbeat_interval is None
