@@ -44,7 +44,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -347,12 +347,26 @@ def _run_detached(command: str, env: dict[str, str], world: World) -> Outcome:
     return outcome
 
 
+def _second_daemon_config(world: World) -> Path:
+    """The world's config with a state_dir of its own: a second daemon on the world
+    daemon's state_dir is refused (its lock), as it must be."""
+    config = world.config.with_name("radmind-second.yaml")
+    lines = world.config.read_text().splitlines(keepends=True)
+    (index,) = [i for i, line in enumerate(lines) if line.startswith("state_dir:")]
+    lines[index] = f"state_dir: {world.root / 'var' / 'lib' / 'radmin-second'}\n"
+    config.write_text("".join(lines))
+    return config
+
+
 def run_doc_command(world: World, doc: DocCommand) -> Outcome:
     command, env = _prepared(world, doc)
     words = doc.radmin_words
-    if words[:2] == ["radmind", "run"] and "--detach" in words:
-        return _run_detached(command, env, world)
     if words[:2] == ["radmind", "run"] or words == ["radmind"]:
+        second = _second_daemon_config(world)
+        command = command.replace(str(world.config), str(second))
+        env = {**env, "RADMIN_CONFIG": str(second)}
+        if "--detach" in words:
+            return _run_detached(command, env, replace(world, config=second))
         return _run_until_listening(command, env, world.work)
     return _run(command, env, world.work)
 
