@@ -730,7 +730,11 @@ class FrameSocket:
         return len(self._out)
 
     def flush(self) -> bool:
-        """Send what the socket takes without blocking; True once nothing is queued."""
+        """Send what the socket takes without blocking; True once nothing is queued.
+        A HEARTBEAT goes along when one is due: a pump that flushes each turn beats
+        even if it forgets keep_alive() (it still needs heartbeat_wait() for its poll)."""
+        if not self._out and self._heartbeat_due(time.monotonic()):
+            self._out += HEADER.pack(FrameType.HEARTBEAT, 0)
         with self._send_lock:
             while self._out:
                 try:
