@@ -13,8 +13,8 @@ temporary file. Exit 0.
 
 One daemon per state_dir: its lock (flock on STATE_DIR/radmind.lock, taken after
 python-daemon has detached, since it closes inherited files) is taken before anything in
-it is touched, so a second `radmind run` with the same config cannot clear the first
-one's in-flight uploads as leftovers.
+it is cleaned up (only missing folders are created before), so a second `radmind run`
+with the same config cannot clear the first one's in-flight uploads as leftovers.
 """
 
 from __future__ import annotations
@@ -123,8 +123,8 @@ class Daemon:
         self.servers: dict[tuple[str, int], RadminServer] = {}  # by configured address
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._check_fd_limit(config)
-        self._state_lock = _lock_state_dir(config)
-        self._prepare_folders(config)
+        self._prepare_folders(config)  # only creates what is missing
+        self._state_lock = _lock_state_dir(config)  # before any cleanup in it
         self._recover_uploads(config)
         self._end_orphans(config)
         self._log_warnings(config)
