@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import socket
 from collections import namedtuple
-
 from pathlib import Path
 
 from radmin.addresses import format_host_port, parse_host_port

@@ -36,6 +36,7 @@ class ClientOptions:
         warn: Callable[[str], None] | None = None,
         cancel_fd: int | None = None,
         run_id: str | None = None,
+        retries: int = 0,
     ):
         self.home = home
         self.strict_host_key = strict_host_key
@@ -47,6 +48,9 @@ class ClientOptions:
         # Sent with every request, so one fleet-wide action can be found in every
         # daemon's log (interface.md: "Run id").
         self.run_id = run_id
+        # How many more times a fan-out tries a host it could not reach (--retry);
+        # radmin.fanout.on_host never retries a request the host may have started.
+        self.retries = retries
         self.known_hosts = KnownHosts(home.known_hosts)
         self._context: ssl.SSLContext | None = None
         self._digests: FileDigestCache | None = None
