@@ -170,12 +170,13 @@ def test_expand_of_fold_keeps_natural_order_for_one_dimension():
     assert _expand_set(fold(names)) == natural_sorted(names)
 
 
-_group = st.lists(
-    st.tuples(st.integers(0, 30), st.integers(0, 5)), min_size=1, max_size=4
-).map(lambda items: ",".join(f"{a}-{a + b}" if b else str(a) for a, b in items))
+_group = st.lists(st.tuples(st.integers(0, 30), st.integers(0, 5)), min_size=1, max_size=4).map(
+    lambda items: ",".join(f"{a}-{a + b}" if b else str(a) for a, b in items)
+)
 _pattern = st.builds(
-    lambda prefix, group, middle, group2: f"{prefix}[{group}]{middle}"
-    + (f"[{group2}]" if group2 else ""),
+    lambda prefix, group, middle, group2: (
+        f"{prefix}[{group}]{middle}" + (f"[{group2}]" if group2 else "")
+    ),
     st.sampled_from(["web", "n", "10.0.0.", "rack-"]),
     _group,
     st.sampled_from(["", "-c", ".example.com"]),
