@@ -10,6 +10,7 @@ fail on others, as on a real fleet.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -20,11 +21,14 @@ import yaml
 from support import (
     client_entry,
     make_client_home,
+    new_marker,
     prepare_daemon,
     refused_port,
     run_cli,
     start_cli,
     trust,
+    wait_for_processes,
+    wait_until_gone,
 )
 
 from radmin.identity import ClientHome
@@ -410,3 +414,58 @@ def test_each_kind_of_dead_host_fails_within_the_connect_timeout(fleet):
 def test_live_counter_only_on_a_terminal(fleet):
     done = fleet.cli("exec", "-b", "web[1-3]", "true")
     assert b"hosts done" not in done.stderr  # stderr is a pipe here
+
+
+def test_ctrl_c_prints_what_was_gathered(fleet):
+    marker = new_marker()
+    command = f"echo before; case $({WHO}) in daemon0) ;; *) sleep {marker};; esac"
+    proc = start_cli(
+        fleet.home,
+        "exec",
+        "-b",
+        "web[1-3]",
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_processes(marker, 2, timeout=20)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    text = out.decode()
+    assert "web1 (1)\n---------------\nbefore\n" in text  # finished before Ctrl-C
+    assert "web[2-3] (2): cancelled\n" in text  # stopped, with what they printed
+    assert text.count("before\n") == 2
+    assert wait_until_gone(marker, 10) >= 0
+
+
+def test_the_done_counter_runs_on_a_terminal_stderr(fleet):
+    import os
+    import pty
+
+    primary, secondary = pty.openpty()
+    proc = start_cli(
+        fleet.home, "exec", "-b", "web[1-3]", "echo x >&2", stdout=subprocess.PIPE, stderr=secondary
+    )
+    os.close(secondary)
+    seen = bytearray()
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # EIO: the terminal's other side closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(primary)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert b"3/3 hosts done" in seen
+    assert b"\r\x1b[K" in seen  # erased before the report
+    for n in (1, 2, 3):
+        assert f"web{n}: x".encode() in seen
+    assert b"hosts done" not in out  # the counter never reaches stdout
