@@ -23,7 +23,10 @@ from radmin.errors import (
     ConnectTimeout,
     DaemonBusy,
     HostKeyChanged,
+    HostKeyError,
     LocalFileError,
+    NotAuthorizedByDaemon,
+    ReplyTimeout,
     TransportError,
     Unreachable,
 )
@@ -349,10 +352,13 @@ def on_host(
     raise AssertionError("unreachable")  # the loop always returns
 
 
-# Transport failures worth another try: nothing answered, or the line went down; and a
-# daemon at one of its limits, which said so instead of running anything.
-_RETRYABLE = (Unreachable, ConnectTimeout, ConnectionLost)
-_NOTHING_RAN = (DaemonBusy,)
+# --retry. Before the request is sent, any transport failure is worth another try
+# (refused, no route, timeout, a daemon that closed during TLS at its max_connections)
+# except a verdict on identities, which a second try would only repeat. After it, only
+# the line going down, and only for requests that may run twice; a daemon at one of its
+# limits said so instead of running anything.
+_VERDICTS = (HostKeyError, NotAuthorizedByDaemon)
+_LINE_DOWN = (Unreachable, ConnectTimeout, ConnectionLost, ReplyTimeout)
 
 
 def _attempt(
@@ -369,8 +375,10 @@ def _attempt(
             connected = True
             result = request(conn)
     except TransportError as exc:
-        retryable = isinstance(exc, _NOTHING_RAN) or (
-            isinstance(exc, _RETRYABLE) and (not connected or idempotent)
+        retryable = not isinstance(exc, _VERDICTS) and (
+            not connected
+            or isinstance(exc, DaemonBusy)
+            or (idempotent and isinstance(exc, _LINE_DOWN))
         )
         return HostOutcome(target, UNREACHABLE, str(exc), brief=_brief(exc)), retryable
     except Cancelled:

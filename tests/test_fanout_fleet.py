@@ -469,3 +469,11 @@ def test_the_done_counter_runs_on_a_terminal_stderr(fleet):
     for n in (1, 2, 3):
         assert f"web{n}: x".encode() in seen
     assert b"hosts done" not in out  # the counter never reaches stdout
+
+
+def test_retry_never_repeats_a_verdict_on_identities(fleet):
+    wrong_pin = "SHA256:" + "A" * 43
+    done = fleet.cli("ping", "--retry", "3", "--host-fingerprint", wrong_pin, "web[1-2]")
+    assert done.returncode == 255
+    assert b"host key mismatch" in done.stderr
+    assert b"attempts" not in done.stderr
