@@ -1,4 +1,6 @@
-"""Host specifications: `name`, `name:port`, `[v6addr]:port`, aliases and `@group`s.
+"""Host specifications: `name`, `name:port`, `[v6addr]:port`, aliases and `@group`s,
+node sets (`web[1-20]`, radmin/nodeset.py), `-x` and the previous run's `@failed`/`@ok`
+(radmin/lastrun.py).
 
 The client's `config.yaml` (in the client home) may define aliases and groups:
 
