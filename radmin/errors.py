@@ -96,6 +96,11 @@ class ConnectTimeout(TransportError):
     """TCP connect + TLS + hello did not finish within the connect timeout."""
 
 
+class DaemonBusy(TransportError):
+    """The daemon refused to serve this connection for a limit (limits.max_connections,
+    limits.per_client): nothing ran, so trying again later is safe (--retry does)."""
+
+
 class ReplyTimeout(TransportError):
     """Connected, but the daemon did not answer in time."""
 

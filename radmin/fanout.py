@@ -10,13 +10,26 @@ alone costs ~90 ms to import on the client's start-up path.
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import os
 import threading
 from collections import namedtuple
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from radmin.client import Cancelled, ClientOptions, ExecResult, PutResult, RemoteError, connect
-from radmin.errors import HostKeyChanged, LocalFileError, TransportError
+from radmin.errors import (
+    ConnectionLost,
+    ConnectTimeout,
+    DaemonBusy,
+    HostKeyChanged,
+    HostKeyError,
+    LocalFileError,
+    NotAuthorizedByDaemon,
+    ReplyTimeout,
+    TransportError,
+    Unreachable,
+)
 from radmin.hosts import Target, fold
 
 # Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
@@ -36,6 +49,9 @@ SKIPPED = "skipped"  # never started, because the run was stopped
 CRASHED = "crashed"  # radmin-cli itself failed while working on this host (a bug)
 KINDS = (OK, CHANGED, UNCHANGED, FAILED, REFUSED, UNREACHABLE, CANCELLED, SKIPPED, CRASHED)
 SUCCESS = frozenset({OK, CHANGED, UNCHANGED})
+# What --max-fail counts: the host did not do it (Ctrl-C's cancelled hosts stop the run
+# anyway, and skipped ones never started).
+FAILURES = frozenset({FAILED, REFUSED, UNREACHABLE, CRASHED})
 
 # Why a run stops early (Cancellation.reason).
 INTERRUPTED = "interrupted"  # Ctrl-C
@@ -124,18 +140,26 @@ def run_parallel(
     parallel: int,
     stop: Cancellation | None = None,
     report: Callable[[HostOutcome], None] | None = None,
+    gate: Callable[[Target], HostOutcome | None] | None = None,
 ) -> list[HostOutcome]:
     """Run `work` on every target with at most `parallel` at once, and `report` each
     outcome as soon as it is known; never raises.
 
     A target whose `work` (or `report`) raises gets a CRASHED outcome: the other hosts
     go on, as a bug in one host's path must not lose the others' results. Once `stop` is
-    set, targets not started yet are SKIPPED.
+    set, targets not started yet are SKIPPED; so is a target for which `gate` gives an
+    outcome (--max-fail reached): that one.
+
+    A pool of at most `parallel` threads takes the targets in order: threads, not one
+    per host, so 5,000 hosts cost 32 threads at the default -p.
     """
 
     def one(target: Target) -> HostOutcome:
+        held = gate(target) if gate is not None else None
         if stop is not None and stop.is_set():
             outcome = HostOutcome(target, SKIPPED, f"not started ({stop.reason})")
+        elif held is not None:
+            outcome = held
         else:
             outcome = _guarded(target, work, target)
         if report is not None:
@@ -149,22 +173,124 @@ def run_parallel(
     next_index = iter(range(len(targets)))
     lock = threading.Lock()
 
+    ended = threading.Semaphore(0)
+
     def worker() -> None:
-        while True:
-            with lock:
-                index = next(next_index, None)
-            if index is None:
-                return
-            results[index] = one(targets[index])
+        try:
+            while True:
+                with lock:
+                    index = next(next_index, None)
+                if index is None:
+                    return
+                results[index] = one(targets[index])
+        finally:
+            ended.release()
 
     workers = min(max(1, parallel), len(targets))
     ensure_fd_room(workers)
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with _few_collections():
+        for _ in range(workers):
+            # _thread, not threading.Thread: Thread.start() waits until the new thread
+            # has run, so starting 1,000 of them one by one took ~1/3 of a 1,000-host
+            # run on a loaded machine. These are daemon threads: none outlives ended.
+            _thread.start_new_thread(worker, ())
+        for _ in range(workers):
+            ended.acquire()
     return results
+
+
+@contextlib.contextmanager
+def _few_collections() -> Iterator[None]:
+    """The cyclic GC seldom during a fan-out: with 1,000 connections alive each full
+    collection walks them all, and it ran often enough to take ~15% of the client's CPU
+    (py-spy, 1,000 hosts). Objects from before (imports, the host list) are frozen out
+    of collections; the threshold is raised, and restored after."""
+    import gc
+
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
+
+
+def share_of(value: tuple[int, bool] | None, hosts: int, at_least: int) -> int | None:
+    """`--batch`/`--max-fail` as a number of hosts: N, or N% = ceil(N/100 x hosts)
+    (as Ansible's serial rounds), and never below `at_least`. None stays None."""
+    if value is None:
+        return None
+    number, percent = value
+    count = -(-number * hosts // 100) if percent else number
+    return max(at_least, count)
+
+
+class FailureLimit:
+    """--max-fail: counts the hosts that failed (FAILURES) over the whole run and says,
+    once more than `limit` have, why the hosts not started yet are skipped."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def count(self, outcome: HostOutcome) -> None:
+        if outcome.kind in FAILURES:
+            with self._lock:
+                self.failed += 1
+
+    def reached(self, target: Target) -> HostOutcome | None:
+        """None while within the limit; else the SKIPPED outcome of `target`, which
+        must not start."""
+        if self.failed <= self.limit:
+            return None
+        hosts = "host" if self.limit == 1 else "hosts"
+        return HostOutcome(
+            target,
+            SKIPPED,
+            f"not started: more than {self.limit} {hosts} failed (--max-fail {self.limit})",
+            brief=f"more than {self.limit} failed",
+        )
+
+
+def run_rolling(
+    targets: Sequence[Target],
+    work: Callable[[Target], HostOutcome],
+    parallel: int,
+    stop: Cancellation | None = None,
+    report: Callable[[HostOutcome], None] | None = None,
+    batch: int | None = None,
+    max_fail: int | None = None,
+) -> list[HostOutcome]:
+    """run_parallel in consecutive batches of `batch` hosts (Ansible's serial), each
+    starting when the previous one has ended; once more than `max_fail` hosts have failed
+    (default 0 with batches) no new batch starts, and the hosts never started are
+    SKIPPED. Without batches, `max_fail` stops starting new hosts. Never raises."""
+    if batch is None and max_fail is None:
+        return run_parallel(targets, work, parallel, stop, report)
+    limit = FailureLimit(0 if max_fail is None else max_fail)
+
+    def counted(outcome: HostOutcome) -> None:
+        limit.count(outcome)
+        if report is not None:
+            report(outcome)
+
+    if batch is None:
+        return run_parallel(targets, work, parallel, stop, counted, gate=limit.reached)
+    outcomes: list[HostOutcome] = []
+    for start in range(0, len(targets), batch):
+        hosts = targets[start : start + batch]
+        if limit.reached(hosts[0]) is None:
+            outcomes += run_parallel(hosts, work, parallel, stop, counted)
+            continue
+        for target in hosts:
+            skipped = limit.reached(target)
+            assert skipped is not None
+            crashed = _guarded(target, report, skipped) if report is not None else None
+            outcomes.append(crashed or skipped)
+    return outcomes
 
 
 def _guarded(target: Target, call: Callable[[Any], Any], arg: Any) -> Any:
@@ -203,6 +329,7 @@ def on_host(
     options: ClientOptions,
     request: Callable[[Connection], Any],
     local_file: str | None = None,
+    idempotent: bool = False,
 ) -> HostOutcome:
     """Connect, run `request`, and classify what happened; never raises.
 
@@ -210,26 +337,81 @@ def on_host(
     known_hosts, a read-only home, no file descriptor left for the socket) is this
     host's failure like an unreachable host, except for `local_file` (the file given
     to put): that one fails the upload (FAILED), as a failure on the host would.
+
+    `options.retries` (--retry): a host that could not be reached is tried again, after
+    a short pause, that many times at most. Only while nothing may have run there: a
+    failure once the request was sent is retried only for an `idempotent` request (an
+    upload or download, which lands whole or not at all), never for exec -- a command
+    that ran must not run twice.
     """
+    attempts = 1 + max(0, options.retries)
+    for attempt in range(1, attempts + 1):
+        outcome, retryable = _attempt(target, options, request, local_file, idempotent)
+        if not retryable or attempt == attempts or not _pause(options, attempt):
+            if attempt > 1 and outcome.kind == UNREACHABLE:
+                outcome = outcome._replace(error=f"{outcome.error} ({attempt} attempts)")
+            return outcome
+    raise AssertionError("unreachable")  # the loop always returns
+
+
+# --retry. Before the request is sent, any transport failure is worth another try
+# (refused, no route, timeout, a daemon that closed during TLS at its max_connections)
+# except a verdict on identities, which a second try would only repeat. After it, only
+# the line going down, and only for requests that may run twice; a daemon at one of its
+# limits said so instead of running anything.
+_VERDICTS = (HostKeyError, NotAuthorizedByDaemon)
+_LINE_DOWN = (Unreachable, ConnectTimeout, ConnectionLost, ReplyTimeout)
+
+
+def _attempt(
+    target: Target,
+    options: ClientOptions,
+    request: Callable[[Connection], Any],
+    local_file: str | None,
+    idempotent: bool,
+) -> tuple[HostOutcome, bool]:
+    """One try at a host: its outcome, and whether a --retry may try again."""
+    connected = False
     try:
         with connect(target, options) as conn:
+            connected = True
             result = request(conn)
     except TransportError as exc:
-        return HostOutcome(target, UNREACHABLE, str(exc), brief=_brief(exc))
+        retryable = not isinstance(exc, _VERDICTS) and (
+            not connected
+            or isinstance(exc, DaemonBusy)
+            or (idempotent and isinstance(exc, _LINE_DOWN))
+        )
+        return HostOutcome(target, UNREACHABLE, str(exc), brief=_brief(exc)), retryable
     except Cancelled:
-        return HostOutcome(target, CANCELLED, "cancelled")
+        return HostOutcome(target, CANCELLED, "cancelled"), False
     except RemoteError as exc:
         kind = FAILED if exc.code == "failed" else REFUSED
         reason = str(exc).removeprefix("not allowed by policy: ")  # the prefix says it
-        return HostOutcome(target, kind, f"{_REMOTE_PREFIX.get(exc.code, 'failed')}: {reason}")
+        prefix = _REMOTE_PREFIX.get(exc.code, "failed")
+        return HostOutcome(target, kind, f"{prefix}: {reason}"), False
     except LocalFileError as exc:  # put's own FILE: the upload failed
-        return HostOutcome(target, FAILED, str(exc))
+        return HostOutcome(target, FAILED, str(exc)), False
     except OSError as exc:
         message = f"{exc.filename}: {exc.strerror}" if exc.filename else _local_error(exc)
         kind = FAILED if local_file is not None and exc.filename == local_file else UNREACHABLE
-        return HostOutcome(target, kind, message)
+        return HostOutcome(target, kind, message), False
     kind = _kind_of(result)
-    return HostOutcome(target, kind, "cancelled" if kind == CANCELLED else None, result)
+    return HostOutcome(target, kind, "cancelled" if kind == CANCELLED else None, result), False
+
+
+def _pause(options: ClientOptions, attempt: int) -> bool:
+    """Wait before the next try (0.25 s, doubling, at most 2 s); False if Ctrl-C came."""
+    import select
+    import time
+
+    from radmin.protocol import wait_ready
+
+    delay = min(2.0, 0.25 * 2 ** (attempt - 1))
+    if options.cancel_fd is None:
+        time.sleep(delay)
+        return True
+    return not wait_ready({options.cancel_fd: select.POLLIN}, delay)
 
 
 def _kind_of(result: Any) -> str:
@@ -287,12 +469,13 @@ def put_on_host(
         options,
         lambda conn: conn.put(local_path, remote_path, **put_options),
         local_file=local_path,
+        idempotent=True,  # lands whole or not at all, and "unchanged" the second time
     )
 
 
 def ping_on_host(target: Target, options: ClientOptions) -> HostOutcome:
     """One authenticated round trip; never raises."""
-    return on_host(target, options, lambda conn: conn.ping())
+    return on_host(target, options, lambda conn: conn.ping(), idempotent=True)
 
 
 # -- output -------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Host specifications: `name`, `name:port`, `[v6addr]:port`, aliases and `@group`s.
+"""Host specifications: `name`, `name:port`, `[v6addr]:port`, aliases and `@group`s,
+node sets (`web[1-20]`, radmin/nodeset.py), `-x` and the previous run's `@failed`/`@ok`
+(radmin/lastrun.py).
 
 The client's `config.yaml` (in the client home) may define aliases and groups:
 
@@ -20,9 +22,13 @@ from __future__ import annotations
 import os
 import socket
 from collections import namedtuple
+from pathlib import Path
 
 from radmin.addresses import format_host_port, parse_host_port
 from radmin.errors import RadminError
+from radmin.lastrun import REFERENCES
+from radmin.nodeset import MAX_HOSTS, NodeSetError, expand, has_ranges, split_entries
+from radmin.nodeset import fold as nodeset_fold
 
 # Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
 TYPE_CHECKING = False
@@ -62,17 +68,20 @@ class Target(_Target):
 
 class HostBook:
     """Aliases and groups from the client's config.yaml (empty if there is none), and
-    its heartbeat_interval (None when the file sets none)."""
+    its heartbeat_interval (None when the file sets none), and where the previous run's
+    hosts are recorded (`@failed`, `@ok`)."""
 
     def __init__(
         self,
         aliases: dict[str, str],
         groups: dict[str, list[str]],
         heartbeat_interval: float | None = None,
+        last_run: os.PathLike[str] | str | None = None,
     ):
         self.aliases = aliases
         self.groups = groups
         self.heartbeat_interval = heartbeat_interval
+        self.last_run = last_run
 
     @classmethod
     def load(cls, path: os.PathLike[str] | str) -> HostBook:
@@ -94,34 +103,72 @@ class HostBook:
             raise HostSpecError(f"{path}: not valid YAML: {exc}") from None
         return _BookReader(str(path)).read(root)
 
-    def resolve(self, spec: str) -> list[Target]:
-        """Expand a comma-separated HOSTS argument into unique targets, in order."""
+    def resolve(self, spec: str, exclude: str | None = None) -> list[Target]:
+        """Expand a HOSTS argument into unique targets, in order; `exclude` (HOSTS
+        syntax too, as `-x`) removes targets by label. At most MAX_HOSTS."""
+        targets = self._resolve(spec)
+        if exclude is not None:
+            removed = set(self._resolve(exclude))
+            targets = {label: t for label, t in targets.items() if label not in removed}
+            if not targets:
+                raise HostSpecError(f"no hosts left: -x {exclude!r} excludes all of {spec!r}")
+        return list(targets.values())
+
+    def _resolve(self, spec: str) -> dict[str, Target]:
         targets: dict[str, Target] = {}
-        for entry in spec.split(","):
-            for target in self._expand(entry.strip(), ()):
+        for entry in split_entries(spec):
+            for target in self._expand(entry, ()):
                 targets.setdefault(target.label, target)
+            if len(targets) > MAX_HOSTS:
+                raise HostSpecError(
+                    f"{spec!r} names more than {MAX_HOSTS:,} hosts, radmin's limit for one run"
+                )
         if not targets:
             raise HostSpecError("no hosts given")
-        return list(targets.values())
+        return targets
 
     def _expand(self, entry: str, seen_groups: tuple[str, ...]) -> list[Target]:
         if not entry:
             raise HostSpecError("empty entry in the host list")
+        if entry in REFERENCES:
+            return [t for e in self._previous_run(entry) for t in self._expand(e, seen_groups)]
         if entry.startswith("@"):
             name = entry[1:]
             if name not in self.groups:
                 raise HostSpecError(f"unknown group {entry!r} (define it under 'groups:')")
             if name in seen_groups:
                 raise HostSpecError(f"group {entry!r} includes itself")
-            return [t for e in self.groups[name] for t in self._expand(e, (*seen_groups, name))]
+            return [
+                t
+                for member in self.groups[name]
+                for e in split_entries(member)
+                for t in self._expand(e, (*seen_groups, name))
+            ]
         if "@" in entry:
             raise HostSpecError(_NO_USER.format(entry=entry, host=entry.rpartition("@")[2]))
-        address = self.aliases.get(entry, entry)
+        try:
+            names = expand(entry) if has_ranges(entry) else [entry]
+        except NodeSetError as exc:
+            raise HostSpecError(str(exc)) from None
+        return [self._target(name) for name in names]
+
+    def _target(self, name: str) -> Target:
+        address = self.aliases.get(name, name)
         try:
             host, port = parse_host_port(address)
         except ValueError as exc:
             raise HostSpecError(str(exc)) from None
-        return [Target(entry, host, port)]
+        return Target(name, host, port)
+
+    def _previous_run(self, reference: str) -> list[str]:
+        from radmin.lastrun import NoPreviousRun, hosts_of
+
+        if self.last_run is None:
+            raise HostSpecError(f"{reference}: no client home to read the previous run from")
+        try:
+            return hosts_of(Path(self.last_run), reference)
+        except NoPreviousRun as exc:
+            raise HostSpecError(str(exc)) from None
 
 
 # radmin has no `user@` in HOSTS: who runs a command is the daemon's decision.
@@ -255,69 +302,35 @@ def configured_heartbeat_interval(config_path: os.PathLike[str] | str) -> float:
     return HEARTBEAT_INTERVAL if configured is None else configured
 
 
-def resolve_hosts(spec: str, config_path: os.PathLike[str] | str) -> list[Target]:
-    """HOSTS -> targets, reading the client's config.yaml only if some entry needs it."""
-    if all(_is_ip_address(entry) for entry in spec.split(",")):
-        return HostBook({}, {}).resolve(spec)
-    return HostBook.load(config_path).resolve(spec)
+def resolve_hosts(
+    spec: str,
+    config_path: os.PathLike[str] | str,
+    exclude: str | None = None,
+    last_run: os.PathLike[str] | str | None = None,
+) -> list[Target]:
+    """HOSTS (minus `exclude`, as -x) -> targets, reading the client's config.yaml only
+    if some entry needs it (IP addresses and ranges of them never do)."""
+    if all(_is_ip_address(entry) for entry in _plain_entries(spec, exclude)):
+        return HostBook({}, {}, last_run=last_run).resolve(spec, exclude)
+    book = HostBook.load(config_path)
+    book.last_run = last_run
+    return book.resolve(spec, exclude)
+
+
+def _plain_entries(spec: str, exclude: str | None) -> list[str]:
+    """The entries of HOSTS and -x, a range's first and last name standing for it (they
+    are all IP addresses or none is); `@...` is kept as it is (never an address)."""
+    entries: list[str] = []
+    for entry in split_entries(spec) + (split_entries(exclude) if exclude else []):
+        try:
+            names = expand(entry) if has_ranges(entry) else [entry]
+        except NodeSetError:
+            names = [entry]  # HostBook.resolve reports it
+        entries += {names[0], names[-1]}
+    return entries
 
 
 def fold(labels: Iterable[str]) -> str:
-    """`web1,web2,web3,web5` -> `web[1-3,5]`, as ClusterShell writes node sets, for
-    whatever radmin prints about a set of hosts.
-
-    Labels that differ in one number fold together (the last number that differs:
-    `10.0.0.[1-2]:7420`); zero padding is kept (`web[01-03]`; `web9` is not `web09`).
-    Labels without a number, and IPv6 literals (their brackets are not ranges), are
-    listed as they are. Parts come in the order of their first label.
-    """
-    import re
-
-    digits = re.compile(r"(\d+)")
-    skeletons: dict[tuple[str, ...], list[list[str]]] = {}  # labels by their text tokens
-    for label in dict.fromkeys(labels):
-        tokens = [label] if "[" in label else digits.split(label)
-        skeletons.setdefault(tuple(tokens[0::2]), []).append(tokens)
-    parts: dict[tuple[str, str, int], list[int]] = {}  # (before, after, width) -> numbers
-    for labels_alike in skeletons.values():
-        for key, number in _fold_keys(labels_alike):
-            parts.setdefault(key, []).append(number)
-    return ",".join(_render(*key, numbers) for key, numbers in parts.items())
-
-
-def _fold_keys(alike: list[list[str]]) -> list[tuple[tuple[str, str, int], int]]:
-    """For labels of one skeleton: (text before, text after, zero-padded width) and the
-    number, folding on the last number that differs; width -1 for a label with none."""
-    at = next(
-        (i for i in range(len(alike[0]) - 2, 0, -2) if len({t[i] for t in alike}) > 1),
-        len(alike[0]) - 2,
-    )
-    if at < 1:
-        return [(("".join(t), "", -1), 0) for t in alike]
-    padded = {len(t[at]) for t in alike if t[at].startswith("0") and len(t[at]) > 1}
-    return [
-        (
-            ("".join(t[:at]), "".join(t[at + 1 :]), len(t[at]) if len(t[at]) in padded else 0),
-            int(t[at]),
-        )
-        for t in alike
-    ]
-
-
-def _render(before: str, after: str, width: int, numbers: list[int]) -> str:
-    """`web[1-3,5]`; a lone number or a label without one as it is."""
-    if width < 0:
-        return before
-    values = sorted(set(numbers))
-    if len(values) == 1:
-        return f"{before}{str(values[0]).zfill(width)}{after}"
-    runs: list[list[int]] = []
-    for value in values:
-        if runs and value == runs[-1][-1] + 1:
-            runs[-1].append(value)
-        else:
-            runs.append([value])
-    text = ",".join(
-        "-".join(str(n).zfill(width) for n in dict.fromkeys((run[0], run[-1]))) for run in runs
-    )
-    return f"{before}[{text}]{after}"
+    """Host labels as one node set (`web[1-3,5]`): radmin/nodeset.py's fold, the way
+    radmin prints any set of hosts."""
+    return nodeset_fold(labels)

@@ -276,6 +276,11 @@ class ClientHome:
     def digests(self) -> Path:
         return self.path / "digests"
 
+    @property
+    def last_run(self) -> Path:
+        """The hosts of the previous multi-host run, for `@failed` and `@ok`."""
+        return self.path / "last-run.json"
+
 
 # -- known_hosts ----------------------------------------------------------------------
 

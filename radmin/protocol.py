@@ -262,11 +262,17 @@ class FrameSocket:
     """Frames over a connected (TLS) socket, with one receive buffer that grows as bytes
     arrive."""
 
-    def __init__(self, sock: socket.socket, frame_timeout: float = FRAME_TIMEOUT):
+    def __init__(
+        self,
+        sock: socket.socket,
+        frame_timeout: float = FRAME_TIMEOUT,
+        initial_buffer: int = _INITIAL_BUFFER,
+    ):
         self.sock = sock
         self.frame_timeout = frame_timeout
-        # Small until a large frame arrives: an idle connection costs 64 KiB, not 1 MiB.
-        self._buf = bytearray(_INITIAL_BUFFER)
+        # Small until a large frame arrives: an idle connection costs 64 KiB, not 1 MiB
+        # (a client fanning out to 1,000 hosts asks for less: see radmin.client).
+        self._buf = bytearray(initial_buffer)
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0

@@ -107,7 +107,11 @@ def events_with(daemon: Daemon, marker: str) -> list[dict]:
             ["exec", "web1", "echo", "-n", "-t", "5"],
             {"no_stdin": False, "timeout": None, "command": ["echo", "-n", "-t", "5"]},
         ),
-        (["exec", "web1", "-x", "y"], {"command": ["-x", "y"]}),
+        (["exec", "web1", "-z", "y"], {"command": ["-z", "y"]}),
+        (
+            ["exec", "web[1-3]", "-x", "web2", "-b", "uptime"],
+            {"exclude": "web2", "gather": True, "command": ["uptime"]},
+        ),
         (
             ["exec", "web1", "-t5", "-nv", "true"],
             {"timeout": 5.0, "no_stdin": True, "verbose": True},

@@ -98,7 +98,7 @@ SYSTEM_PATHS = (
     "/var/log",
 )
 FIRST_TIME = (("radmind", "init"), ("radmin-cli", "keygen"))
-HOME_OF_FILE = {"README.md": "ops", "docs/install.md": "install"}
+HOME_OF_FILE = {"README.md": "ops", "docs/install.md": "install", "docs/fanout.md": "ops"}
 LOCAL_FILES = {
     "nginx.conf": "events {}\n",
     "app.env": "DEPLOY_ENV=test\n",
@@ -116,6 +116,7 @@ class DocCommand:
     line: int
     text: str  # as the doc writes it, without its comment
     comment: str
+    shown: str | None = None  # the output a ```console block shows for it
 
     @property
     def id(self) -> str:
@@ -136,22 +137,42 @@ class DocCommand:
 _RADMIN_STAGE = re.compile(r"\s*(radmin-cli|radmind)(\s|$)")
 
 
-def _lines_of(block) -> Iterator[tuple[int, str]]:
+def _lines_of(block) -> Iterator[tuple[int, str, str | None]]:
     if block.language in SHELL_LANGUAGES:
-        yield from shell_lines(block)
+        yield from ((number, line, None) for number, line in shell_lines(block))
     elif block.language == "console":
-        yield from ((number, command) for number, command, _ in console_examples(block))
+        yield from console_examples(block)
+
+
+# Sections whose ```console output is compared with what the command really prints
+# (file, heading): output that does not vary from run to run.
+COMPARED_SECTIONS = {("README.md", "### Many hosts: node sets, gather, batches, reruns")}
+
+
+def _compared_lines(text: str) -> set[int]:
+    """Line numbers inside the COMPARED_SECTIONS of one file's text."""
+    compared: set[int] = set()
+    inside = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("#"):
+            inside = any(line == heading for _, heading in COMPARED_SECTIONS)
+        if inside:
+            compared.add(number)
+    return compared
 
 
 def doc_commands() -> list[DocCommand]:
     found = []
     for path in doc_files():
         name = str(path.relative_to(REPO))
-        for block in fenced_blocks(path.read_text()):
-            for number, line in _lines_of(block):
-                text, comment = split_comment(line)
-                if any(_RADMIN_STAGE.match(stage) for stage in text.split("|")):
-                    found.append(DocCommand(name, number, text, comment))
+        text = path.read_text()
+        compared = _compared_lines(text) if name in {f for f, _ in COMPARED_SECTIONS} else set()
+        for block in fenced_blocks(text):
+            for number, line, output in _lines_of(block):
+                command, comment = split_comment(line)
+                if any(_RADMIN_STAGE.match(stage) for stage in command.split("|")):
+                    shown = output if number in compared else None
+                    found.append(DocCommand(name, number, command, comment, shown))
     return found
 
 
@@ -273,6 +294,8 @@ def world(tmp_path_factory) -> Iterator[World]:
 class Outcome:
     status: int
     output: str
+    stdout: str = ""
+    stderr: str = ""
 
 
 def _environment(world: World, home: Path) -> dict[str, str]:
@@ -302,7 +325,7 @@ def _run(command: str, env: dict[str, str], cwd: Path) -> Outcome:
         text=True,
         timeout=60,
     )
-    return Outcome(done.returncode, done.stdout + done.stderr)
+    return Outcome(done.returncode, done.stdout + done.stderr, done.stdout, done.stderr)
 
 
 def _run_until_listening(command: str, env: dict[str, str], cwd: Path) -> Outcome:
@@ -377,6 +400,30 @@ def test_doc_command(world, doc):
     assert outcome.status == doc.expected_status, (
         f"{doc.id}: {doc.text}\nexpected exit status {doc.expected_status}, "
         f"got {outcome.status}:\n{outcome.output}"
+    )
+    if doc.shown is not None:
+        assert _as_shown(outcome) == _as_shown_text(doc.shown), f"{doc.id}: {doc.text}"
+
+
+def _as_shown(outcome: Outcome) -> list[str]:
+    """What a terminal shows, as the doc's comparison reads it: stdout's lines in order,
+    then stderr's, without first-contact warnings (they depend on what ran before)."""
+    lines = outcome.stdout.splitlines() + outcome.stderr.splitlines()
+    return [line for line in lines if not line.startswith("Warning: permanently added")]
+
+
+def _as_shown_text(shown: str) -> list[str]:
+    """The doc's lines in the same order as _as_shown: stdout, then radmin-cli's own
+    stderr lines (which a terminal may show first, as `-v`'s)."""
+    lines = shown.splitlines()
+    own = [line for line in lines if line.startswith("radmin-cli: ") or _is_summary(line)]
+    return [line for line in lines if line not in own] + own
+
+
+def _is_summary(line: str) -> bool:
+    return (
+        re.fullmatch(r"\d+ (ok|changed|unchanged|failed|refused|unreachable|skipped)\b.*", line)
+        is not None
     )
 
 

@@ -312,8 +312,8 @@ def test_cli_bad_port_is_a_usage_error(client_home):
         (["web1", "web2", "web3", "web5"], "web[1-3,5]"),
         (["web3", "web1", "web2", "web2"], "web[1-3]"),
         (["web01", "web02", "web03", "web10"], "web[01-03,10]"),
-        (["web9", "web08", "web10"], "web9,web[08,10]"),  # web9 is not web09
-        (["web1", "db1", "web2", "db2"], "web[1-2],db[1-2]"),
+        (["web9", "web08", "web10"], "web[08,9,10]"),  # web9 is not web09
+        (["web1", "db1", "web2", "db2"], "db[1-2],web[1-2]"),  # naturally sorted
         (["rack1-node1", "rack1-node2", "rack2-node1"], "rack1-node[1-2],rack2-node1"),
         (["10.0.0.1:7420", "10.0.0.2:7420", "10.0.0.3:7420"], "10.0.0.[1-3]:7420"),
         (["10.0.0.1:7421", "10.0.0.2:7422"], "10.0.0.1:7421,10.0.0.2:7422"),

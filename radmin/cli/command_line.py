@@ -10,6 +10,11 @@ import argparse
 
 from radmin import DEFAULT_CONNECT_TIMEOUT, RUN_ID_PATTERN, __version__
 
+# Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -77,12 +82,66 @@ def _octal(text: str) -> int:
     return mode
 
 
+def _share(minimum: int) -> Any:
+    """A `N` or `N%` option value (--batch, --max-fail) as (N, is_percent); the count
+    it means is known once the hosts are (radmin.fanout.share_of)."""
+
+    def parse(text: str) -> tuple[int, bool]:
+        number, percent = (text[:-1], True) if text.endswith("%") else (text, False)
+        if not number.isdigit() or int(number) < minimum or (percent and int(number) > 100):
+            limit = f"{minimum}-100%" if minimum else "0-100%"
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number of at least {minimum}, or a percentage "
+                f"({limit}), got {text!r}"
+            )
+        return int(number), percent
+
+    return parse
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number (0 or more), got {text!r}")
+    return int(text)
+
+
 def _home_option(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--home", metavar="DIR", help="client home (identity, known_hosts)")
 
 
-def _fanout_options(sub: argparse.ArgumentParser) -> None:
-    """The options of every command that talks to HOSTS."""
+def _fanout_options(sub: argparse.ArgumentParser, rolling: bool = True) -> None:
+    """The options of every command that talks to HOSTS; `rolling`: also those of the
+    fan-out commands that change hosts (exec, put, get): --batch, --max-fail, --retry.
+    interface.md, "Options of every fan-out command"."""
+    sub.add_argument(
+        "-x",
+        "--exclude",
+        metavar="HOSTS",
+        help="leave these hosts out (same syntax as HOSTS, e.g. web[3-4],@db)",
+    )
+    if rolling:
+        sub.add_argument(
+            "--batch",
+            type=_share(1),
+            metavar="N|N%",
+            help="run the hosts in consecutive batches of N (or N%% of them), as "
+            "Ansible's serial; the next batch starts when the previous one has ended",
+        )
+        sub.add_argument(
+            "--max-fail",
+            type=_share(0),
+            metavar="N|N%",
+            help="once more hosts than this have failed, start no more (default 0 with "
+            "--batch); the hosts never started are reported as skipped",
+        )
+    sub.add_argument(
+        "--retry",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="retry a host up to N times when it cannot be reached "
+        "(never a request the host may have started)",
+    )
     sub.add_argument(
         "-p",
         "--parallel",
@@ -152,7 +211,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         usage="radmin-cli ping [OPTIONS] HOSTS",
         allow_abbrev=False,
     )
-    _fanout_options(ping)
+    _fanout_options(ping, rolling=False)
     ping.add_argument("hosts", metavar="HOSTS", help=HOSTS_HELP)
 
     run = commands.add_parser(
@@ -180,6 +239,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="set an environment variable (repeatable)",
     )
     run.add_argument("-n", dest="no_stdin", action="store_true", help="send no stdin")
+    run.add_argument(
+        "-b",
+        "--gather",
+        action="store_true",
+        help="wait for every host, then print each distinct output once under the hosts "
+        "that produced it (clush -b, dshbak -c)",
+    )
     _fanout_options(run)
     run.add_argument("hosts", metavar="HOSTS", help=HOSTS_HELP)
     run.add_argument("command", nargs="*", metavar="COMMAND", help="run with /bin/sh -c")

@@ -39,10 +39,13 @@ from radmin.fanout import (
     exec_on_host,
     ping_on_host,
     put_on_host,
-    run_parallel,
+    run_rolling,
+    share_of,
     summary_line,
 )
 from radmin.hosts import HostSpecError, fold, resolve_hosts
+from radmin.lastrun import REFERENCES
+from radmin.nodeset import split_entries
 
 # Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
 TYPE_CHECKING = False
@@ -62,10 +65,16 @@ class Run:
     def __init__(self, args: argparse.Namespace, home: ClientHome):
         self.args = args
         try:
-            self.targets = resolve_hosts(args.hosts, home.config)
+            self.targets = resolve_hosts(
+                args.hosts, home.config, getattr(args, "exclude", None), home.last_run
+            )
         except HostSpecError as exc:
             raise UsageError(str(exc)) from None
+        self.home = home
         self.several = len(self.targets) > 1
+        # A run over several hosts, or one that reran @failed/@ok, is remembered for the
+        # next @failed/@ok (a single `exec web3 journalctl` to investigate is not).
+        self.recorded = self.several or any(e in REFERENCES for e in split_entries(args.hosts))
         # interface.md "Run id": sent with every request, in every daemon's log.
         self.run_id = args.run_id or os.urandom(6).hex()
         self.stop = Cancellation()
@@ -88,6 +97,7 @@ class Run:
             cancel_fd=self.stop.fd,
             run_id=self.run_id,
             heartbeat_interval=heartbeat,
+            retries=getattr(args, "retry", 0),
         )
         self._warned_host_key = False  # the full warning is given once
         self._lock = threading.Lock()
@@ -107,14 +117,29 @@ class Run:
         work: Callable[[Target], HostOutcome],
         report: Callable[[HostOutcome], None],
         before: tuple[str, str] | None = None,
+        after: Callable[[list[HostOutcome]], None] | None = None,
     ) -> int:
-        """Run `work` on every host, `report` each outcome as it comes, print the summary
-        and return the exit status. `before`: a failure found before any host was
-        contacted (an unreadable FILE), as (kind, error); every host gets it, and it is
-        said once."""
+        """Run `work` on every host (in --batch batches, within --max-fail), `report`
+        each outcome as it comes, call `after` with them all (exec -b prints its report),
+        print the summary, remember the run for @failed/@ok, and return the exit status.
+        `before`: a failure found before any host was contacted (an unreadable FILE), as
+        (kind, error); every host gets it, and it is said once."""
         before = before or self._identity_problem()
         if before is None:
-            outcomes = run_parallel(self.targets, work, self.args.parallel, self.stop, report)
+            count = len(self.targets)
+            outcomes = run_rolling(
+                self.targets,
+                work,
+                self.args.parallel,
+                self.stop,
+                report,
+                batch=share_of(getattr(self.args, "batch", None), count, 1),
+                max_fail=share_of(getattr(self.args, "max_fail", None), count, 0),
+            )
+            if after is not None:
+                after(outcomes)
+            if self.recorded:
+                self._remember(op, outcomes)
         else:
             kind, message = before
             outcomes = [HostOutcome(target, kind, message) for target in self.targets]
@@ -126,6 +151,22 @@ class Run:
         if self.several and before is None and not self.args.json and not self.quiet:
             stderr_line(summary_line(outcomes))
         return exit_status(op, outcomes, self.stop.reason)
+
+    def _remember(self, op: str, outcomes: list[HostOutcome]) -> None:
+        """last-run.json in the client home, for the next @failed / @ok / @skipped. A
+        home we cannot write to costs the record, not the run: one warning."""
+        from radmin import lastrun
+
+        hosts: dict[str, list[str]] = {"ok": [], "failed": [], "skipped": []}
+        for outcome in outcomes:
+            kind = outcome.kind
+            name = "ok" if kind in SUCCESS else "skipped" if kind == SKIPPED else "failed"
+            hosts[name].append(outcome.target.label)
+        try:
+            lastrun.save(self.home.last_run, self.run_id, op, hosts)
+        except OSError as exc:
+            if not self.quiet:
+                error(f"warning: cannot record this run for @failed/@ok: {os_error(exc)}")
 
     def _identity_problem(self) -> tuple[str, str] | None:
         """This client's identity, loaded once before any host: a missing or unreadable
@@ -241,14 +282,13 @@ def exec_command(args: argparse.Namespace, home: ClientHome) -> int:
     if not command.strip():
         raise UsageError("exec: no COMMAND given")
     env = _parse_env(args.env)
+    if args.gather and args.json:
+        raise UsageError("-b/--gather and --json are two ways to print the outputs: choose one")
     run = Run(args, home)
+    if args.gather:
+        return _exec_gathered(run, command, _exec_options(args, run, env))
     err = SharedOutput(_binary(sys.stderr))
-    exec_options = {
-        "stdin": _exec_stdin(args.no_stdin, run.several),
-        "cwd": args.cwd,
-        "env": env,
-        "timeout": args.timeout,
-    }
+    exec_options = _exec_options(args, run, env)
     captured: dict[str, tuple[bytes, bytes]] = {}  # --json: each host's output
 
     def on_host(target: Target) -> HostOutcome:
@@ -285,6 +325,48 @@ def exec_command(args: argparse.Namespace, home: ClientHome) -> int:
             run.report_failure(outcome)
 
     return run.fan_out("exec", on_host, report)
+
+
+def _exec_options(args: argparse.Namespace, run: Run, env: dict[str, str]) -> dict[str, Any]:
+    return {
+        "stdin": _exec_stdin(args.no_stdin, run.several),
+        "cwd": args.cwd,
+        "env": env,
+        "timeout": args.timeout,
+    }
+
+
+def _exec_gathered(run: Run, command: str, exec_options: dict[str, Any]) -> int:
+    """exec -b: stdout kept per host and printed grouped once every host has ended (or
+    Ctrl-C stopped the run: what was gathered is printed); stderr live and prefixed,
+    under a done/total counter when stderr is a terminal (radmin/cli/gather.py)."""
+    from radmin.cli.gather import Gathered, Progress
+
+    gathered = Gathered()
+    progress = Progress(_binary(sys.stderr), len(run.targets))
+    outputs: dict[str, bytes] = {}
+
+    def on_host(target: Target) -> HostOutcome:
+        out = bytearray()
+        err_lines = LinePrefixer(target.label, progress)  # type: ignore[arg-type]
+        try:
+            return exec_on_host(
+                target, run.options, command, out.extend, err_lines.feed, **exec_options
+            )
+        finally:
+            err_lines.close()
+            outputs[target.label] = bytes(out)
+
+    def report(outcome: HostOutcome) -> None:
+        gathered.add(outcome, outputs.pop(outcome.target.label, b""))
+        progress.tick()
+
+    def after(outcomes: list[HostOutcome]) -> None:
+        progress.clear()
+        if not run.quiet:
+            run.out.write(gathered.render())
+
+    return run.fan_out("exec", on_host, report, after=after)
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:

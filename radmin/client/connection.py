@@ -27,6 +27,7 @@ from radmin.errors import (
     ConnectionClosed,
     ConnectionLost,
     ConnectTimeout,
+    DaemonBusy,
     HostKeyError,
     NotAuthorizedByDaemon,
     PeerSilent,
@@ -136,7 +137,9 @@ def connect(target: Target, options: ClientOptions) -> Connection:
         presented = fingerprint(tls.getpeercert(binary_form=True) or b"")
         new_host = _check_host_key(target, options, presented)
         tls.settimeout(options.connect_timeout)
-        frames = FrameSocket(tls)
+        # 16 KiB (one TLS record) to start, not the daemon's 64 KiB: a buffer is zeroed,
+        # so resident, and a 1,000-host fan-out holds 1,000 of them (client RSS budget).
+        frames = FrameSocket(tls, initial_buffer=16 * 1024)
         frames.cancel_fd = options.cancel_fd
         with translated("connection lost", options):
             frames.send_json(
@@ -303,7 +306,7 @@ class Connection:
             if code == "not_authorized":
                 raise NotAuthorizedByDaemon(f"not authorized by daemon: {text}")
             if code == "limit":
-                raise TransportError(f"refused by the daemon: {text}")
+                raise DaemonBusy(f"refused by the daemon: {text}")
             raise RemoteProtocolError(f"daemon reported a {code} error: {text}")
         return frame_type, message
 

@@ -36,6 +36,7 @@ class ClientOptions:
         cancel_fd: int | None = None,
         run_id: str | None = None,
         heartbeat_interval: float | None = None,
+        retries: int = 0,
     ):
         self.home = home
         self.strict_host_key = strict_host_key
@@ -53,6 +54,9 @@ class ClientOptions:
         self.heartbeat_interval = (
             heartbeat_interval if heartbeat_interval is not None else self._configured_heartbeat()
         )
+        # How many more times a fan-out tries a host it could not reach (--retry);
+        # radmin.fanout.on_host never retries a request the host may have started.
+        self.retries = retries
         self.known_hosts = KnownHosts(home.known_hosts)
         self._context: ssl.SSLContext | None = None
         self._digests: FileDigestCache | None = None
