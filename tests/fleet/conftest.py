@@ -47,3 +47,13 @@ def fleet64(fleet) -> RadminFleet:
     fleet.grow(64)
     print(f"\nfleet: grown to 64 hosts in {time.monotonic() - started:.1f} s", flush=True)
     return fleet
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The fleet's measurements, at the end of every run that made some."""
+    from fleet.test_fleet import MEASURED
+
+    if MEASURED:
+        terminalreporter.section("fleet measurements (shared machine: noisy)")
+        for what, value in MEASURED.items():
+            terminalreporter.write_line(f"{what}: {value}")

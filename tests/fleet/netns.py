@@ -36,10 +36,8 @@ V4_PREFIX_LEN = 15  # 198.18.0.0/15: the control node and every host on one link
 V6_PREFIX_LEN = 64
 DELAY_SCRIPT = Path(__file__).with_name("delay.py")
 SWITCH_BRIDGE = "br0"
-
-
-class FleetUnavailable(RuntimeError):
-    """This machine cannot build a fleet (not root, no `ip netns`): a reason to skip."""
+OFFLOAD_OFF = ("tx", "off", "tso", "off", "gso", "off")
+OFFLOAD_ON = ("tx", "on", "tso", "on", "gso", "on")
 
 
 def unavailable_reason() -> str | None:
@@ -62,6 +60,31 @@ def _ip(*args: str, check: bool = True, input: str | None = None) -> subprocess.
     if check and done.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
     return done
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _alive(pid: int, children: Sequence[subprocess.Popen]) -> bool:
+    """Whether `pid` still runs; our own children are reaped, others looked up."""
+    for proc in children:
+        if proc.pid == pid:
+            return proc.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_for_line(log: Path, text: str, proc: subprocess.Popen, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.args} did not start: {log.read_text()}")
+        time.sleep(0.02)
 
 
 def _run(argv: Sequence[str], input: str | None = None) -> None:
@@ -98,8 +121,14 @@ class Fleet:
     def create(self, count: int) -> Fleet:
         """The switch, the control node and `count` hosts."""
         self._add_namespace(self.switch)
-        _ip("-n", self.switch, "-batch", "-", input=f"link set lo up\nlink add {SWITCH_BRIDGE} "
-            f"type bridge\nlink set {SWITCH_BRIDGE} up\n")
+        _ip(
+            "-n",
+            self.switch,
+            "-batch",
+            "-",
+            input=f"link set lo up\nlink add {SWITCH_BRIDGE} "
+            f"type bridge\nlink set {SWITCH_BRIDGE} up\n",
+        )
         self._add_nodes([self.control])
         return self.grow(count)
 
@@ -114,7 +143,10 @@ class Fleet:
 
     def host_node(self, index: int) -> Node:
         return Node(
-            f"h{index}", f"{self.tag}-h{index}", f"p-h{index}", f"198.18.1.{index}",
+            f"h{index}",
+            f"{self.tag}-h{index}",
+            f"p-h{index}",
+            f"198.18.1.{index}",
             f"fd00:18::1:{index:x}",
         )
 
@@ -135,32 +167,37 @@ class Fleet:
             ]
         _ip("-n", self.switch, "-batch", "-", input="\n".join(switch_lines) + "\n")
         for node in nodes:
-            _ip("-n", node.netns, "-batch", "-", input=(
-                "link set lo up\n"
-                f"addr add {node.ipv4}/{V4_PREFIX_LEN} dev eth0\n"
-                f"addr add {node.ipv6}/{V6_PREFIX_LEN} dev eth0 nodad\n"
-                "link set eth0 up\n"
-            ))
+            _ip(
+                "-n",
+                node.netns,
+                "-batch",
+                "-",
+                input=(
+                    "link set lo up\n"
+                    f"addr add {node.ipv4}/{V4_PREFIX_LEN} dev eth0\n"
+                    f"addr add {node.ipv6}/{V6_PREFIX_LEN} dev eth0 nodad\n"
+                    "link set eth0 up\n"
+                ),
+            )
 
-    def destroy(self) -> None:
-        """Stop what runs in the fleet (SIGTERM, then SIGKILL), by PID, and delete the
-        namespaces: the veths go with them. Safe to call twice or on a half-built fleet."""
+    def destroy(self, grace: float = 3.0) -> None:
+        """Stop what runs in the fleet, by PID -- what spawn() started and whatever else
+        `ip netns pids` finds in its namespaces (commands, helpers) -- with SIGTERM, then
+        SIGKILL after `grace` seconds; then delete the namespaces (their veths go with
+        them). Safe to call twice, on a half-built fleet, or from another process that
+        only knows the namespace names (scripts/fleet down)."""
+        pids = {proc.pid for proc in self.processes if proc.poll() is None}
+        for name in self.namespaces:
+            pids.update(self.pids(name))
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(pid, self.processes) for pid in pids):
+            time.sleep(0.05)
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
         for proc in self.processes:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for proc in self.processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        for name in reversed(self.namespaces):
-            for pid in self.pids(name):  # anything else started in it (commands, helpers)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        for proc in self.processes:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            proc.wait()
         if self.namespaces:
             lines = "".join(f"netns del {name}\n" for name in reversed(self.namespaces))
             _ip("-force", "-batch", "-", input=lines, check=False)
@@ -179,21 +216,32 @@ class Fleet:
         """`argv` run inside the node's namespace."""
         return ["ip", "netns", "exec", node if isinstance(node, str) else node.netns, *argv]
 
-    def run(self, node: Node | str, *argv: str, timeout: float = 60,
-            input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(self.argv(node, *argv), capture_output=True, timeout=timeout,
-                              input=input)
+    def run(
+        self, node: Node | str, *argv: str, timeout: float = 60, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            self.argv(node, *argv), capture_output=True, timeout=timeout, input=input
+        )
 
-    def spawn(self, node: Node | str, argv: Sequence[str], log: Path | None = None,
-              env: dict[str, str] | None = None) -> subprocess.Popen:
+    def spawn(
+        self,
+        node: Node | str,
+        argv: Sequence[str],
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen:
         """A long-lived process in the node's namespace, recorded for destroy(). Its own
         session, so a Ctrl-C meant for the test run (or scripts/fleet) does not reach it;
         `ip netns exec` execs the program, so the PID is the program's own."""
         output = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
         try:
             proc = subprocess.Popen(
-                self.argv(node, *argv), stdin=subprocess.DEVNULL, stdout=output, stderr=output,
-                env=env, start_new_session=True,
+                self.argv(node, *argv),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                env=env,
+                start_new_session=True,
             )
         finally:
             if log is not None:
@@ -206,15 +254,20 @@ class Fleet:
     @contextlib.contextmanager
     def rate(self, hosts: Sequence[Node], rate: str = "100mbit") -> Iterator[None]:
         """Traffic toward each host limited to `rate` (tbf on its switch port)."""
-        lines = [f"qdisc add dev {h.port} root tbf rate {rate} burst 64kb latency 50ms"
-                 for h in hosts]
+        lines = [
+            f"qdisc add dev {h.port} root tbf rate {rate} burst 64kb latency 50ms" for h in hosts
+        ]
         _run(["tc", "-n", self.switch, "-batch", "-"], input="\n".join(lines) + "\n")
         try:
             yield
         finally:
             lines = [f"qdisc del dev {h.port} root" for h in hosts]
-            subprocess.run(["tc", "-n", self.switch, "-force", "-batch", "-"],
-                           input="\n".join(lines) + "\n", capture_output=True, text=True)
+            subprocess.run(
+                ["tc", "-n", self.switch, "-force", "-batch", "-"],
+                input="\n".join(lines) + "\n",
+                capture_output=True,
+                text=True,
+            )
 
     @contextlib.contextmanager
     def loss(self, hosts: Sequence[Node], percent: int) -> Iterator[None]:
@@ -229,32 +282,42 @@ class Fleet:
             yield
         finally:
             for host in hosts:
-                subprocess.run(self.argv(host, "nft", "delete", "table", "inet", "rfloss"),
-                               capture_output=True)
+                subprocess.run(
+                    self.argv(host, "nft", "delete", "table", "inet", "rfloss"), capture_output=True
+                )
 
     @contextlib.contextmanager
-    def delay(self, node: Node, one_way_ms: float, log: Path | None = None) -> Iterator[None]:
+    def delay(self, node: Node, one_way_ms: float, log: Path) -> Iterator[None]:
         """Every frame to and from `node` held `one_way_ms` (RTT + 2 x one_way_ms): its
-        port is taken off the bridge and a forwarder copies frames between it and a new
-        veth pair whose other end is on the bridge."""
+        port is taken off the bridge and a forwarder (its output in `log`) copies frames
+        between it and a new veth pair whose other end is on the bridge."""
         inner, outer = f"d-{node.name}", f"b-{node.name}"
-        _ip("-n", self.switch, "-batch", "-", input=(
-            f"link set {node.port} nomaster\n"
-            f"link add {inner} type veth peer name {outer}\n"
-            f"link set {outer} master {SWITCH_BRIDGE} up\n"
-            f"link set {inner} up\n"
-        ))
-        proc = self.spawn(self.switch, [sys.executable, str(DELAY_SCRIPT), node.port, inner,
-                                        str(one_way_ms)], log=log)
+        switch_lines = [
+            f"link set {node.port} nomaster",
+            f"link add {inner} type veth peer name {outer}",
+            f"link set {outer} master {SWITCH_BRIDGE} up",
+            f"link set {inner} up",
+        ]
+        _ip("-n", self.switch, "-batch", "-", input="\n".join(switch_lines) + "\n")
+        # A veth may send frames whose checksum is still to be computed, up to 64 KB long
+        # (checksum and segmentation offload). The forwarder copies frames as they are,
+        # so what it reads must be finished, MTU-sized frames: the node's eth0 and the
+        # bridge's end of the new pair compute and segment in software meanwhile.
+        _run(self.argv(node, "ethtool", "-K", "eth0", *OFFLOAD_OFF))
+        _run(self.argv(self.switch, "ethtool", "-K", outer, *OFFLOAD_OFF))
+        log.write_text("")
+        argv = [sys.executable, str(DELAY_SCRIPT), node.port, inner, str(one_way_ms)]
+        proc = self.spawn(self.switch, argv, log=log)
         try:
+            _wait_for_line(log, "forwarding", proc)
             yield
         finally:
             proc.terminate()
             proc.wait()
             self.processes.remove(proc)
-            _ip("-n", self.switch, "-batch", "-", check=False, input=(
-                f"link del {inner}\nlink set {node.port} master {SWITCH_BRIDGE}\n"
-            ))
+            switch_lines = [f"link del {inner}", f"link set {node.port} master {SWITCH_BRIDGE}"]
+            _ip("-n", self.switch, "-batch", "-", input="\n".join(switch_lines) + "\n")
+            _run(self.argv(node, "ethtool", "-K", "eth0", *OFFLOAD_ON))
 
     def port_down(self, node: Node) -> None:
         """A partition: the host's switch port down, as a pulled cable."""
@@ -276,5 +339,7 @@ class Fleet:
         try:
             yield
         finally:
-            subprocess.run(self.argv(self.control, "nft", "delete", "table", "inet",
-                                     "rfblackhole"), capture_output=True)
+            subprocess.run(
+                self.argv(self.control, "nft", "delete", "table", "inet", "rfblackhole"),
+                capture_output=True,
+            )

@@ -143,7 +143,7 @@ class RadminFleet:
             )
             for host in new
         ]
-        for host, init in zip(new, inits):
+        for host, init in zip(new, inits, strict=True):
             _, err = init.communicate(timeout=120)
             if init.returncode != 0:
                 raise RuntimeError(f"radmind init for {host.name}: {err.decode()}")
@@ -295,16 +295,16 @@ def max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
     return best
 
 
-def connection_intervals(hosts: Sequence[Host], since: float) -> list[tuple[float, float]]:
-    """(start, end) of every connection the hosts' daemons closed after `since`, from
-    their `connection_closed` events (end = the event's time, start = end - duration)."""
+def request_intervals(hosts: Sequence[Host], run_id: str) -> list[tuple[float, float]]:
+    """(start, end) of every request of run `run_id` in the hosts' logs: the `request`
+    event is written once the result is sent, with the request's duration, so both ends
+    lie inside the client's connection to that host."""
     out = []
     for host in hosts:
         for event in host.events():
-            if event.get("event") == "connection_closed":
+            if event.get("event") == "request" and event.get("run_id") == run_id:
                 end = event_time(event)
-                if end >= since:
-                    out.append((end - float(event["duration_s"]), end))
+                out.append((end - float(event["duration_s"]), end))
     return out
 
 
