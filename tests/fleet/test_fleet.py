@@ -16,6 +16,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -79,8 +80,17 @@ def new_marker() -> str:
 
 
 def marked_pids(marker: str) -> list[int]:
+    """The hosts' processes running `sleep MARKER` (not the radmin-cli that asked)."""
     found = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True)
-    return [int(pid) for pid in found.stdout.split()]
+    pids = []
+    for pid in map(int, found.stdout.split()):
+        try:
+            command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if b"radmin-cli" not in command_line:
+            pids.append(pid)
+    return pids
 
 
 def spans_if_all(items: list, count: int) -> list | None:
@@ -339,7 +349,39 @@ while True:
 # -- partitions (heartbeats) ---------------------------------------------------------------
 
 HEARTBEAT = 1.0
-DETECTION_BOUND = 3 * HEARTBEAT + 3.0  # three silent intervals, plus slack for a busy machine
+# interface.md: three silent intervals mean the peer is dead; plus slack for a busy machine.
+DETECTION_BOUND = 3 * HEARTBEAT + 3.0
+
+
+class StampedLines:
+    """A running radmin-cli's --json lines, each stamped (time.monotonic()) as it
+    arrives, read by a thread so the test can act meanwhile."""
+
+    def __init__(self, cli: subprocess.Popen):
+        self.cli = cli
+        self.lines: list[tuple[float, dict]] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.cli.stdout is not None
+        for line in self.cli.stdout:
+            if line.startswith("{"):
+                self.lines.append((time.monotonic(), json.loads(line)))
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        """The exit status and stderr; the client must end within `timeout` (no hang)."""
+        try:
+            status = self.cli.wait(timeout=timeout)
+        finally:
+            if self.cli.poll() is None:
+                self.cli.kill()
+                self.cli.wait()
+        self.reader.join(5)
+        return status, self.cli.stderr.read()  # type: ignore[union-attr]
+
+    def of(self, name: str) -> tuple[float, dict]:
+        return next((at, record) for at, record in self.lines if record["host"] == name)
 
 
 @needs_heartbeats()
@@ -351,9 +393,11 @@ def test_a_partition_mid_put_fails_that_host_alone_and_keeps_its_old_file(fleet)
         (host.files / "partition.bin").write_bytes(b"the old file\n")
     hosts = fleet.net.hosts[:BASE_SIZE]
     with fleet.net.rate(hosts, LINK_RATE):
-        cli = fleet.cli_popen(
-            "put", "--json", "--heartbeat-interval", str(HEARTBEAT), str(blob), "@fleet",
-            str(target),
+        lines = StampedLines(
+            fleet.cli_popen(
+                "put", "--json", "--heartbeat-interval", str(HEARTBEAT), str(blob), "@fleet",
+                str(target),
+            )
         )  # fmt: skip
         try:
             wait_for(
@@ -366,41 +410,49 @@ def test_a_partition_mid_put_fails_that_host_alone_and_keeps_its_old_file(fleet)
             )
             fleet.net.port_down(victim.node)
             cut = time.monotonic()
-            out, err = cli.communicate(timeout=60)
-            ended_s = time.monotonic() - cut
+            # The daemon notices on its own (no heartbeat for three intervals) and
+            # removes the partial upload; the old file stays.
+            wait_for(
+                lambda: [p.name for p in victim.files.iterdir()] == ["partition.bin"],
+                DETECTION_BOUND,
+                "h3's daemon to remove the partial upload",
+            )
+            daemon_noticed_s = time.monotonic() - cut
+            status, err = lines.finish(timeout=60)
         finally:
-            if cli.poll() is None:
-                cli.kill()
             fleet.net.port_up(victim.node)
-    records = by_host(json_lines(out))
-    assert cli.returncode == 255, err
-    assert ended_s < PUT_SIZE / (LINK_RATE_MBPS / 8 * 1e6) + DETECTION_BOUND
-    assert records[victim.name]["status"] == "error"
-    assert f"no answer from {victim.name}" in records[victim.name]["error"]
-    assert (victim.files / "partition.bin").read_bytes() == b"the old file\n"
-    for name, record in records.items():
-        if name != victim.name:
-            assert record["status"] == "changed", record
-    # The daemon noticed too (its own heartbeat deadline) and removed the partial upload.
-    wait_for(
-        lambda: [p.name for p in victim.files.iterdir()] == ["partition.bin"],
-        DETECTION_BOUND,
-        "h3's daemon to remove the partial upload",
+    at, record = lines.of(victim.name)
+    client_noticed_s = at - cut
+    MEASURED["partition mid-put noticed by the client / the daemon (s)"] = (
+        f"{client_noticed_s:.1f} / {daemon_noticed_s:.1f} (heartbeat {HEARTBEAT:g} s)"
     )
+    assert status == 255, err
+    assert client_noticed_s < DETECTION_BOUND
+    assert record["status"] == "error", record
+    assert f"no answer from {victim.name}" in record["error"]
+    assert (victim.files / "partition.bin").read_bytes() == b"the old file\n"
+    for _, other in lines.lines:
+        if other["host"] != victim.name:
+            assert other["status"] == "changed", other
+    assert len(lines.lines) == BASE_SIZE
+    for host in fleet.hosts:
+        (host.files / "partition.bin").unlink(missing_ok=True)
 
 
 @needs_heartbeats()
 def test_a_partition_mid_exec_fails_that_host_and_its_daemon_kills_the_command(fleet):
+    """Every host runs a ~6 s command (`sleep 30` in the issue, shortened so the others'
+    success does not cost the suite 30 s); h6 is cut off while it runs."""
     victim = fleet.host("h6")
-    marker = new_marker()  # a ~6 s command on every host
-    cli = fleet.cli_popen(
-        "exec", "--json", "--heartbeat-interval", str(HEARTBEAT), "@fleet", f"sleep {marker}"
+    marker = new_marker()
+    lines = StampedLines(
+        fleet.cli_popen(
+            "exec", "--json", "--heartbeat-interval", str(HEARTBEAT), "@fleet", f"sleep {marker}"
+        )
     )
     try:
         pids = wait_for(
-            lambda: spans_if_all(marked_pids(marker), BASE_SIZE),
-            20,
-            "every host's command",
+            lambda: spans_if_all(marked_pids(marker), BASE_SIZE), 20, "every host's command"
         )
         victims = [pid for pid in pids if netns_of(pid) == victim.node.netns]
         assert victims
@@ -412,17 +464,20 @@ def test_a_partition_mid_exec_fails_that_host_and_its_daemon_kills_the_command(f
             DETECTION_BOUND + 2,  # + kill_grace
             "h6's daemon to kill the orphaned command",
         )
-        out, err = cli.communicate(timeout=60)
-        ended_s = time.monotonic() - cut
+        daemon_noticed_s = time.monotonic() - cut
+        status, err = lines.finish(timeout=60)
     finally:
-        if cli.poll() is None:
-            cli.kill()
         fleet.net.port_up(victim.node)
-    records = by_host(json_lines(out))
-    assert cli.returncode == 255, err
-    assert ended_s < 6.5 + DETECTION_BOUND  # the others' 6 s commands, never a hang
-    assert records[victim.name]["status"] == "unreachable"
-    assert f"no answer from {victim.name}" in records[victim.name]["error"]
-    for name, record in records.items():
-        if name != victim.name:
-            assert (record["status"], record["exit_code"]) == ("ok", 0), record
+    at, record = lines.of(victim.name)
+    client_noticed_s = at - cut
+    MEASURED["partition mid-exec noticed by the client / the daemon (s)"] = (
+        f"{client_noticed_s:.1f} / {daemon_noticed_s:.1f} (heartbeat {HEARTBEAT:g} s)"
+    )
+    assert status == 255, err
+    assert client_noticed_s < DETECTION_BOUND
+    assert record["status"] == "unreachable", record
+    assert f"no answer from {victim.name}" in record["error"]
+    for _, other in lines.lines:
+        if other["host"] != victim.name:
+            assert (other["status"], other["exit_code"]) == ("ok", 0), other
+    assert len(lines.lines) == BASE_SIZE
