@@ -22,7 +22,6 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +82,6 @@ class Host:
             except json.JSONDecodeError:
                 continue
         return out
-
-
-def event_time(event: dict[str, Any]) -> float:
-    """An event's timestamp (structlog's ISO UTC) as seconds since the epoch."""
-    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
 
 
 class RadminFleet:
@@ -285,27 +279,13 @@ def json_lines(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-def max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
-    """The most intervals open at one instant (a sweep over their ends)."""
-    points = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    current = best = 0
-    for _, step in points:
-        current += step
-        best = max(best, current)
-    return best
-
-
-def request_intervals(hosts: Sequence[Host], run_id: str) -> list[tuple[float, float]]:
-    """(start, end) of every request of run `run_id` in the hosts' logs: the `request`
-    event is written once the result is sent, with the request's duration, so both ends
-    lie inside the client's connection to that host."""
-    out = []
-    for host in hosts:
-        for event in host.events():
-            if event.get("event") == "request" and event.get("run_id") == run_id:
-                end = event_time(event)
-                out.append((end - float(event["duration_s"]), end))
-    return out
+def requests_of_run(hosts: Sequence[Host], run_id: str) -> int:
+    """How many `request` events of run `run_id` the hosts' daemons logged."""
+    return sum(
+        event.get("event") == "request" and event.get("run_id") == run_id
+        for host in hosts
+        for event in host.events()
+    )
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -9,15 +9,18 @@ of the run and recorded in docs/performance.md; the machine is shared, so they a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,8 +29,7 @@ from fleet.radmin_fleet import (
     BASE_SIZE,
     heartbeats_supported,
     json_lines,
-    max_overlap,
-    request_intervals,
+    requests_of_run,
     wait_for,
 )
 
@@ -125,37 +127,53 @@ def test_each_command_runs_in_its_hosts_namespace(fleet):
 # -- fan-out over a 50 ms round trip ---------------------------------------------------------
 
 
-def _fan_out_at_50ms(fleet, hosts: str, count: int) -> tuple[float, float, float]:
-    """(one host's time, all hosts' time, measured RTT) for `exec HOSTS true`, with every
-    packet to and from the control node delayed 25 ms each way."""
+def best_of_two(fleet, *args: str) -> float:
+    """The faster of two runs of radmin-cli ARGS (which must succeed): the machine is
+    shared, and a timing bound should not fail on one stall of someone else's."""
+    times = []
+    for _ in range(2):
+        done, seconds = timed(fleet.cli, *args)
+        assert done.returncode == 0, done.stderr
+        times.append(seconds)
+    return min(times)
+
+
+@contextlib.contextmanager
+def at_50ms(fleet) -> Iterator[float]:
+    """Every packet to and from the control node delayed 25 ms each way: every host is
+    50 ms away. Yields the round trip radmin-cli ping measures (in seconds)."""
     with fleet.net.delay(fleet.net.control, RTT_ONE_WAY_MS, log=fleet.work / "delay.log"):
         ping = fleet.cli("ping", "--json", "h1")
         assert ping.returncode == 0, ping.stderr
         rtt = json_lines(ping.stdout)[0]["rtt_ms"] / 1000
-        one, one_s = timed(fleet.cli, "exec", "h2", "true")
-        assert one.returncode == 0, one.stderr
-        every, every_s = timed(fleet.cli, "exec", "-p", str(count), hosts, "true")
-        assert every.returncode == 0, every.stderr
-    assert 0.045 <= rtt < 0.5, f"the delay forwarder should give ~50 ms, got {rtt * 1000:.1f}"
-    return one_s, every_s, rtt
+        assert 0.045 <= rtt < 0.5, f"the delay forwarder should give ~50 ms, got {rtt * 1000:.1f}"
+        yield rtt
 
 
 def test_fan_out_at_50ms_rtt_takes_about_one_hosts_time(fleet):
-    one_s, every_s, rtt = _fan_out_at_50ms(fleet, "@fleet", BASE_SIZE)
+    with at_50ms(fleet) as rtt:
+        one_s = best_of_two(fleet, "exec", "h2", "true")
+        every_s = best_of_two(fleet, "exec", "-p", str(BASE_SIZE), "@fleet", "true")
+        serial, serial_s = timed(fleet.cli, "exec", "-p", "1", "@fleet", "true")
+        assert serial.returncode == 0, serial.stderr
     MEASURED["exec true, 1 host at 50 ms RTT (s)"] = f"{one_s:.2f}"
-    MEASURED[f"exec true, {BASE_SIZE} hosts at 50 ms RTT, -p {BASE_SIZE} (s)"] = f"{every_s:.2f}"
-    # One by one, each host costs at least TCP + TLS + hello + request, 4 round trips:
-    # one_s + 7 x 4 x RTT = one_s + 1.4 s. Together, about one host's time; the bound
-    # (one_s + 0.8 s) leaves room for a busy machine and still fails a serial fan-out.
-    assert every_s < one_s + BASE_SIZE * 2 * rtt, (one_s, every_s)
+    MEASURED[f"exec true, {BASE_SIZE} hosts at 50 ms RTT, -p {BASE_SIZE} (s)"] = (
+        f"{every_s:.2f} (-p 1: {serial_s:.2f})"
+    )
+    # One by one, each further host costs at least TCP + TLS + hello + request: 4 round
+    # trips, 1.4 s for 7 hosts. Together they cost about one host's time: the fan-out
+    # must save at least half of those round trips (room for a busy machine).
+    assert every_s + (BASE_SIZE - 1) * 2 * rtt < serial_s, (one_s, every_s, serial_s)
+    assert every_s < one_s + (BASE_SIZE - 1) * 2 * rtt, (one_s, every_s)
 
 
 def test_fan_out_to_64_hosts_at_50ms_rtt(fleet64):
     count = len(fleet64.hosts)
-    one_s, every_s, rtt = _fan_out_at_50ms(fleet64, f"@fleet{count}", count)
+    with at_50ms(fleet64) as rtt:
+        every_s = best_of_two(fleet64, "exec", "-p", str(count), f"@fleet{count}", "true")
     MEASURED[f"exec true, {count} hosts at 50 ms RTT, -p {count} (s)"] = f"{every_s:.2f}"
-    serial = count * 4 * rtt  # 12.8 s one by one
-    assert every_s < serial / 2, (one_s, every_s, serial)
+    serial = count * 4 * rtt  # 12.8 s of round trips one by one
+    assert every_s < serial / 4, (every_s, serial)
 
 
 # -- a put over a slow, lossy link -----------------------------------------------------------
@@ -256,24 +274,74 @@ def test_a_rekeyed_host_alone_fails_loudly(fleet):
 
 
 def test_parallel_8_on_64_hosts_never_holds_more_than_8_at_once(fleet64):
-    """Measured from the daemons' side: each request's span in its host's log (from the
-    moment the request arrived to the moment its result was sent, both inside the
-    client's connection) -- at no instant are more than 8 of them open."""
+    """Observed in radmin-cli itself, while the run lasts: the sockets it holds, counted
+    in /proc/PID/fd while it is stopped (SIGSTOP, then SIGCONT), so each count is one
+    instant's truth. (A TCP table read from /proc/net/tcp or `ss` is not atomic: on a busy
+    machine one read overlaps the close of one connection and the open of the next.)
+    Never more than 8, and 8 reached; every host ran its request (the run id in each
+    daemon's log)."""
     count = len(fleet64.hosts)
     run_id = f"p8-{os.urandom(4).hex()}"
-    done = fleet64.cli(
-        "exec", "-p", "8", "--run-id", run_id, f"@fleet{count}", "sleep 0.3", timeout=120
+    cli = fleet64.cli_popen(
+        "exec", "-p", "8", "--run-id", run_id, f"@fleet{count}", "sleep 0.3; echo ran"
     )
-    assert done.returncode == 0, done.stderr
-    spans = wait_for(
-        lambda: spans_if_all(request_intervals(fleet64.hosts, run_id), count),
-        10,
-        "every host's request event",
+    samples = []
+    try:
+        while cli.poll() is None:
+            held = sockets_held(cli.pid)
+            if held is not None:
+                samples.append(held)
+            time.sleep(0.01)
+        out, err = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 0, err
+    assert len(out.splitlines()) == count
+    most = max(samples)
+    MEASURED["most connections held at once, -p 8 over 64 hosts"] = (
+        f"{most} (of {len(samples)} samples)"
     )
-    most = max_overlap(spans)
-    MEASURED["most requests open at once, -p 8 over 64 hosts"] = str(most)
     assert most <= 8
-    assert most >= 4, "the fan-out should actually run in parallel"
+    assert most >= 6, "the fan-out should actually run 8 at a time"
+    wait_for(lambda: requests_of_run(fleet64.hosts, run_id) == count, 10, "every host's request")
+
+
+def sockets_held(pid: int) -> int | None:
+    """The sockets process `pid` has open, counted while all its threads are stopped;
+    None if it is gone (or did not stop in time)."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return None
+    try:
+        deadline = time.monotonic() + 1.0
+        while not all_threads_stopped(pid):
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.0005)
+        count = 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        return count
+    except OSError:
+        return None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def all_threads_stopped(pid: int) -> bool:
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+        except OSError:
+            continue  # a thread that just ended
+        state = stat.rsplit(")", 1)[1].split()[0]
+        if state not in ("T", "t", "Z", "X"):
+            return False
+    return True
 
 
 # -- hosts that do not answer ----------------------------------------------------------------
