@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fleet.netns import unavailable_reason
-from fleet.radmin_fleet import BASE_SIZE, RadminFleet
+from fleet.radmin_fleet import BASE_SIZE, MEASURED, RadminFleet
 
 BIN = Path(sys.executable).parent
 
@@ -34,25 +34,25 @@ def fleet(tmp_path_factory) -> Iterator[RadminFleet]:
     started = time.monotonic()
     try:
         made.up(BASE_SIZE)
-        print(f"\nfleet: {BASE_SIZE} hosts up in {time.monotonic() - started:.1f} s", flush=True)
+        MEASURED[f"fleet up, {BASE_SIZE} hosts (s)"] = f"{time.monotonic() - started:.1f}"
         yield made
     finally:
+        started = time.monotonic()
         made.down()
         atexit.unregister(made.down)
+        MEASURED[f"fleet down, {len(made.hosts)} hosts (s)"] = f"{time.monotonic() - started:.1f}"
 
 
 @pytest.fixture(scope="session")
 def fleet64(fleet) -> RadminFleet:
     started = time.monotonic()
     fleet.grow(64)
-    print(f"\nfleet: grown to 64 hosts in {time.monotonic() - started:.1f} s", flush=True)
+    MEASURED["fleet grown to 64 hosts (s)"] = f"{time.monotonic() - started:.1f}"
     return fleet
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
     """The fleet's measurements, at the end of every run that made some."""
-    from fleet.test_fleet import MEASURED
-
     if MEASURED:
         terminalreporter.section("fleet measurements (shared machine: noisy)")
         for what, value in MEASURED.items():

@@ -33,6 +33,10 @@ from radmin.identity import cert_file_fingerprint
 PORT = 7420
 BASE_SIZE = 8  # hosts in @fleet; the 64-host tests grow the same fleet (@fleet64)
 
+# What the fleet tests measured, printed at the end of the run (conftest's terminal
+# summary) and recorded by hand in docs/performance.md.
+MEASURED: dict[str, str] = {}
+
 
 def heartbeats_supported() -> bool:
     """Whether this radmin has heartbeats (limits.heartbeat_interval), developed on

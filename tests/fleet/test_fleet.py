@@ -27,6 +27,7 @@ import pytest
 
 from fleet.radmin_fleet import (
     BASE_SIZE,
+    MEASURED,
     heartbeats_supported,
     json_lines,
     requests_of_run,
@@ -38,8 +39,6 @@ LINK_RATE = "100mbit"
 LINK_RATE_MBPS = 100
 PUT_SIZE = 30 * 1024 * 1024
 CONNECT_TIMEOUT = 2.0
-
-MEASURED: dict[str, str] = {}  # printed by conftest's terminal summary
 
 
 def needs_heartbeats():
