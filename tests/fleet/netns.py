@@ -186,15 +186,13 @@ class Fleet:
         SIGKILL after `grace` seconds; then delete the namespaces (their veths go with
         them). Safe to call twice, on a half-built fleet, or from another process that
         only knows the namespace names (scripts/fleet down)."""
-        pids = {proc.pid for proc in self.processes if proc.poll() is None}
-        for name in self.namespaces:
-            pids.update(self.pids(name))
+        pids = self._running()
         for pid in pids:
             _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(_alive(pid, self.processes) for pid in pids):
             time.sleep(0.05)
-        for pid in pids:
+        for pid in self._running():  # looked up again: a PID that ended may be reused
             _signal(pid, signal.SIGKILL)
         for proc in self.processes:
             proc.wait()
@@ -203,6 +201,13 @@ class Fleet:
             _ip("-force", "-batch", "-", input=lines, check=False)
         self.namespaces.clear()
         self.processes.clear()
+
+    def _running(self) -> set[int]:
+        """Our children still running, and every process in our namespaces."""
+        pids = {proc.pid for proc in self.processes if proc.poll() is None}
+        for name in self.namespaces:
+            pids.update(self.pids(name))
+        return pids
 
     @staticmethod
     def pids(netns: str) -> list[int]:
