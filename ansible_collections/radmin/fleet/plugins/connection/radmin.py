@@ -16,6 +16,16 @@ has the measurement behind that decision.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import time
+import typing as t
+
+from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
+from ansible.plugins.connection import ConnectionBase
+from ansible.utils.display import Display
+
 DOCUMENTATION = r"""
 name: radmin
 short_description: run Ansible tasks over radmin (mutual TLS 1.3) instead of ssh
@@ -151,16 +161,7 @@ EXAMPLES = r"""
 # ansible_radmin_strict_host_key=true
 """
 
-import contextlib
-import json
-import os
-import time
-import typing as t
-
-from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
-from ansible.plugins.connection import ConnectionBase
-from ansible.utils.display import Display
-
+_import_started = time.monotonic()
 try:
     import radmin.client as radmin_client
     from radmin.errors import LocalFileError, RadminError, RemoteError, TransportError
@@ -169,8 +170,13 @@ except ImportError as _exc:  # ansible-doc and a clear message still work withou
     _IMPORT_ERROR: ImportError | None = _exc
 else:
     _IMPORT_ERROR = None
+# What importing radmin cost, and in which process (Ansible may import plugins before it
+# forks its workers): the `profile` option reports it with the process's first connect.
+_IMPORT_S = time.monotonic() - _import_started
+_IMPORT_PID = os.getpid()
 
 display = Display()
+_import_reported: list[bool] = []  # not empty once this process's profile said it
 
 # The daemon's refusal codes as radmin-cli words them (radmin/fanout.py).
 _REFUSAL_PREFIX = {
@@ -212,7 +218,10 @@ class Connection(ConnectionBase):
         target = self._target()
         self._label = target.host_port
         display.vvv(f"ESTABLISH RADMIN CONNECTION TO {self._label}", host=self._label)
-        with self._translated("connect"):
+        imported_here = os.getpid() == _IMPORT_PID and not _import_reported
+        with self._translated("connect") as profile:
+            profile["import_s"] = _IMPORT_S if imported_here else 0.0
+            _import_reported.append(True)
             self._radmin = radmin_client.connect(target, self._client_options())
         self._connected = True
         return self
