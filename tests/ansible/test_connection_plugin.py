@@ -75,6 +75,7 @@ class Fleet:
             ANSIBLE_STDOUT_CALLBACK="json",
             ANSIBLE_LOAD_CALLBACK_PLUGINS="1",  # the stdout callback for ad-hoc `ansible` too
             ANSIBLE_NOCOLOR="1",
+            ANSIBLE_RADMIN_CONNECT_TIMEOUT="60",  # over the doc's 5 s: a busy test machine
         )
         env.update(extra)
         return env
@@ -156,7 +157,11 @@ def fleet(tmp_path_factory, server_identity) -> Iterator[Fleet]:
     daemons: dict[str, Daemon] = {}
     try:
         for name, (identity, entry) in plan.items():
-            daemon = prepare_daemon(folder / f"daemon-{name}", identity, {"ops": entry})
+            # A generous handshake limit: the test machine may be very busy.
+            limits = {"handshake_timeout": 30}
+            daemon = prepare_daemon(
+                folder / f"daemon-{name}", identity, {"ops": entry}, limits=limits
+            )
             daemons[name] = daemon
             daemon.start()
         fleet = Fleet(folder, home, daemons, work, remote_tmp, system_tmp)
@@ -219,7 +224,7 @@ def _trust(fleet: Fleet, server_identity: Path) -> None:
     """known_hosts as the doc says (strict mode: `radmin-cli ping` first); `rekeyed` is
     recorded with the key it had before it changed."""
     hosts = ",".join(fleet.daemons[name].address for name in (*GOOD, "restricted"))
-    done = run_cli(fleet.home, "ping", hosts)
+    done = run_cli(fleet.home, "ping", "--connect-timeout", "60", hosts)
     assert done.returncode == 0, done.stderr
     old = cert_file_fingerprint(server_identity / "server.crt")
     with open(fleet.home.known_hosts, "a") as f:
@@ -277,12 +282,19 @@ def test_collection_builds_installs_and_runs_from_the_tarball(fleet, tmp_path):
 # -- ad-hoc modules ---------------------------------------------------------------------
 
 
-def test_ping_every_host(fleet):
-    run = fleet.ansible("web", "-m", "ping")
+def test_ping_every_host_and_profile_each_operation(fleet, tmp_path):
+    profile = tmp_path / "profile.jsonl"
+    run = fleet.ansible("web", "-m", "ping", ANSIBLE_RADMIN_PROFILE=str(profile))
     assert run.returncode == 0, run
     for host in GOOD:
         assert run.recap(host) == (1, 0, 0, 0)
         assert run.results(host)["ping"] == "pong"
+    # One connection per host for the task; the module ran through exec (pipelined: no put).
+    lines = [json.loads(line) for line in profile.read_text().splitlines()]
+    for host in GOOD:
+        phases = [line["phase"] for line in lines if line["host"] == fleet.daemons[host].address]
+        assert phases.count("connect") == 1 and "exec" in phases and "put" not in phases, lines
+    assert all(line["remote_s"] >= 0 for line in lines if line["phase"] == "exec")
 
 
 def test_command_runs_as_the_daemons_run_as_user(fleet):
