@@ -1339,7 +1339,9 @@ class Bench:
             total["import"] += line.get("import_s", 0.0)
         result = {f"{phase} ms per task-host": 1000 * s / per for phase, s in total.items()}
         result["remote command ms per task-host"] = 1000 * remote / per
-        result["connections"] = sum(1 for line in lines if line["phase"] == "connect")
+        result["radmin connections (a count)"] = sum(
+            1 for line in lines if line["phase"] == "connect"
+        )
         for variant in PLAYBOOK_VARIANTS:
             wall = samples.median(variant)
             if wall is not None:
@@ -1353,6 +1355,14 @@ class Bench:
         parts = [results_table(self.rows)] if self.rows else []
         if self.floor:
             parts.append(markdown_table(["the floor", "measured", "how"], self.floor))
+        profile = self.raw.get("playbook_profile")
+        if isinstance(profile, dict):
+            rows = [[k, f"{v:.1f}" if isinstance(v, float) else str(v)] for k, v in profile.items()]
+            parts.append(
+                markdown_table(
+                    ["where the playbook's time goes (radmin: its last run)", "ms"], rows
+                )
+            )
         return "\n\n".join(parts)
 
     def machine(self) -> dict[str, str]:
@@ -1475,6 +1485,13 @@ medians; ratios are radmin / anchor; wall times of whole commands, start-up incl
 - memory: a freshly started radmind; peaks are VmHWM after a `clear_refs` reset (a 20 ms
   VmRSS sampler as a check); per connection = (RSS with 200 idle authenticated
   connections - idle RSS) / 200.
+- playbook: 10 tasks (file, command, copy, template, stat, shell, lineinfile, copy, file,
+  command) on 20 aliases, forks 20, no fact gathering, every destination removed before each
+  run; one ansible-core (in radmin's venv) for all: radmin.fleet.radmin (pipelining, its
+  default), ssh with Ansible's defaults (ControlPersist, one ControlPath per alias, masters
+  closed after each run), the same with pipelining, and `ansible_connection=local` (no
+  transport: Ansible's own cost). The plugin's profile (`ANSIBLE_RADMIN_PROFILE`) splits
+  radmin's share into import, connect, exec (and the command's run time on the host), put.
 """
 
 
