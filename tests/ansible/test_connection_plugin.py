@@ -422,3 +422,23 @@ def test_unknown_host_in_strict_mode_is_unreachable(fleet, tmp_path):
     run = fleet.ansible("web1", "-m", "ping", RADMIN_HOME=str(home))
     assert run.recap("web1") == (0, 0, 0, 1), run
     assert fleet.daemons["web1"].address in run.results("web1")["msg"]
+
+
+def test_upload_outside_allow_put_fails_the_task_with_radmins_message(fleet):
+    """copy uploads into remote_tmp first: a remote_tmp the policy does not list is a
+    refusal by the daemon, so the task fails (the host is not unreachable)."""
+    source = fleet.folder / "refused-source"
+    source.write_text("never lands\n")
+    elsewhere = fleet.folder / "not-allowed-tmp"
+    run = fleet.ansible(
+        "web1",
+        "-m",
+        "copy",
+        "-a",
+        f"src={source} dest={fleet.work}/refused",
+        ANSIBLE_REMOTE_TMP=str(elsewhere),
+    )
+    assert run.recap("web1") == (0, 0, 1, 0), run
+    message = run.results("web1")["msg"]
+    assert "refused by the daemon's policy" in message and "allow.put" in message, message
+    assert not (fleet.work / "refused").exists()
