@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -191,8 +192,7 @@ def _write_project(fleet: Fleet) -> None:
             flags=re.MULTILINE,
         )
         assert found == 1, name
-    with socket_port() as closed_port:
-        down = f"down ansible_host=127.0.0.1 ansible_port={closed_port}"
+    down = f"down ansible_host=127.0.0.1 ansible_port={closed_port()}"
     inventory += (
         "\n[broken]\n"
         f"{down}\n"
@@ -205,19 +205,11 @@ def _write_project(fleet: Fleet) -> None:
     (fleet.folder / "inventory.ini").write_text(inventory)
 
 
-def socket_port():
+def closed_port() -> int:
     """A port that was free a moment ago and that nothing listens on."""
-    import contextlib
-    import socket
-
-    @contextlib.contextmanager
-    def closed() -> Iterator[int]:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        yield port
-
-    return closed()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _trust(fleet: Fleet, server_identity: Path) -> None:
