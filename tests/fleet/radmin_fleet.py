@@ -38,16 +38,6 @@ BASE_SIZE = 8  # hosts in @fleet; the 64-host tests grow the same fleet (@fleet6
 MEASURED: dict[str, str] = {}
 
 
-def heartbeats_supported() -> bool:
-    """Whether this radmin has heartbeats (limits.heartbeat_interval), developed on
-    another branch: the fleet turns them on (1 s) when it can, and the partition tests
-    need them."""
-    from radmin.config import SCHEMA
-
-    limits = SCHEMA.get("limits")
-    return isinstance(limits, dict) and "heartbeat_interval" in limits
-
-
 @dataclass
 class Host:
     """One radmind and its files: `folder` holds init's identity, fleet.yaml, the log,
@@ -98,7 +88,7 @@ class RadminFleet:
         self.srv = work / "srv"  # the path every host sees as its own files/ folder
         self.home = work / "client"
         self.hosts: list[Host] = []
-        self.heartbeat_interval = 1.0 if heartbeats_supported() else None
+        self.heartbeat_interval = 1.0  # seconds: a partition is noticed in about 3 s
 
     # -- up and down -----------------------------------------------------------------------
 

@@ -23,12 +23,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from fleet.radmin_fleet import (
     BASE_SIZE,
     MEASURED,
-    heartbeats_supported,
     json_lines,
     requests_of_run,
     wait_for,
@@ -39,16 +36,6 @@ LINK_RATE = "100mbit"
 LINK_RATE_MBPS = 100
 PUT_SIZE = 30 * 1024 * 1024
 CONNECT_TIMEOUT = 2.0
-
-
-def needs_heartbeats():
-    """Skip until heartbeats (limits.heartbeat_interval) are merged: the partition tests
-    are written against that contract (interface.md: three silent intervals = dead, exit
-    255, "no answer from HOST for N s while PHASE")."""
-    return pytest.mark.skipif(
-        not heartbeats_supported(),
-        reason="needs heartbeats: radmin.config has no limits.heartbeat_interval yet",
-    )
 
 
 def sha256_file(path: Path) -> str:
@@ -451,7 +438,6 @@ class StampedLines:
         return next((at, record) for at, record in self.lines if record["host"] == name)
 
 
-@needs_heartbeats()
 def test_a_partition_mid_put_fails_that_host_alone_and_keeps_its_old_file(fleet):
     victim = fleet.host("h3")
     blob = random_file(fleet.work / "blob-partition", PUT_SIZE)
@@ -506,7 +492,6 @@ def test_a_partition_mid_put_fails_that_host_alone_and_keeps_its_old_file(fleet)
         (host.files / "partition.bin").unlink(missing_ok=True)
 
 
-@needs_heartbeats()
 def test_a_partition_mid_exec_fails_that_host_and_its_daemon_kills_the_command(fleet):
     """Every host runs a ~6 s command (`sleep 30` in the issue, shortened so the others'
     success does not cost the suite 30 s); h6 is cut off while it runs."""
