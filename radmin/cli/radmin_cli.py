@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # exit_status() are the only places a status is chosen from what happened on the hosts.
 
 EXIT_OK = 0
-EXIT_FAILED = 1  # put refused or failed (or its local FILE); several hosts: some failed
+EXIT_FAILED = 1  # put/get refused or failed (or a local file); several hosts: some failed
 EXIT_USAGE = 2
 EXIT_REFUSED = 126  # exec refused or not started on the host: the shell's "cannot execute"
 EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(name: str) -> Any:
-    if name in ("ping", "exec", "put"):
+    if name in ("ping", "exec", "put", "get"):
         from radmin.cli import fanout_commands
 
         return getattr(fanout_commands, f"{name}_command")
