@@ -24,15 +24,15 @@ from pathlib import Path
 import pytest
 from support import (
     RADMIN_CLI,
-    client_entry,
     cli_env,
+    client_entry,
     prepare_daemon,
     run_cli,
     trust,
     wait_until,
 )
 
-from radmin.client import ClientOptions, Connection, LocalFileError, RemoteError, connect
+from radmin.client import ClientOptions, Connection, LocalFileError, connect
 from radmin.client.landing import TEMP_PREFIX
 from radmin.hosts import Target
 
@@ -644,7 +644,7 @@ def test_get_one_host_failing_others_succeed_exit_1(daemon_factory, client_home,
 def test_get_progress_bar_on_a_terminal_only(host, client_home, local, big_file):
     from test_put import run_with_pty_stderr
 
-    status, stdout, terminal = run_with_pty_stderr(
+    status, _stdout, terminal = run_with_pty_stderr(
         client_home, "get", host, str(big_file), f"{local}/"
     )
     assert status == 0, terminal
