@@ -173,7 +173,7 @@ def test_get_new_file_is_changed_with_content_mode_and_human_line(
     assert landed.read_bytes() == data
     assert stat.S_IMODE(landed.stat().st_mode) == 0o640
     line = result.stdout.decode()
-    assert line.startswith(f"{host}: changed {landed} (2.9 KiB received, sha256 ")
+    assert line.startswith(f"{host}: changed {landed} (2.9 KiB, sha256 ")
     assert leftovers(local) == []
     (event,) = wait_get_events(daemon, 1)
     assert event["outcome"] == "ok" and event["path"] == str(source)
@@ -289,6 +289,7 @@ def test_get_the_api_returns_a_get_result(daemon, client_home, remote, local):
         )
         assert conn.get(str(source), str(local / "api.bin")).status == "unchanged"
     assert (result.status, result.bytes, result.mode) == ("changed", 5000, 0o600)
+    assert (result.size, result.metadata_only) == (5000, False)
     assert (result.path, result.remote_path) == (str(local / "api.bin"), str(source))
     assert sum(received) == 5000 and sizes == [5000]
     assert (local / "api.bin").read_bytes() == data

@@ -478,8 +478,7 @@ def get_command(args: argparse.Namespace, home: ClientHome) -> int:
             assert isinstance(result, GetResult)
             run.out.write(
                 f"{outcome.target.label}: {outcome.kind} {result.path} "
-                f"({_human_size(result.bytes if result.bytes else 0)} received, "
-                f"sha256 {result.sha256[:12]}…)\n".encode()
+                f"({_human_size(result.size)}, sha256 {result.sha256[:12]}…)\n".encode()
             )
         else:
             run.report_failure(outcome)

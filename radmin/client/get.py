@@ -40,14 +40,14 @@ KEPT_BITS = 0o777
 class GetResult(
     namedtuple(
         "GetResult",
-        "status path remote_path bytes sha256 duration_s mode metadata_only",
-        defaults=(False,),
+        "status path remote_path bytes sha256 duration_s mode metadata_only size",
+        defaults=(False, 0),
     )
 ):
     """`status`: "changed" or "unchanged"; `path`: the local file; `remote_path`: the
     file on the host; `bytes`: bytes transferred (0 when unchanged or only the mode was
     fixed); `mode`: the permission bits the local file got (the remote ones, 0o777 at
-    most); `metadata_only`: changed, but only the mode."""
+    most); `metadata_only`: changed, but only the mode; `size`: the file's size."""
 
     __slots__ = ()
 
@@ -83,10 +83,10 @@ def get_file(
     access = LocalFolder()
     try:
         _open_folder(access, folder or ".")
-        access.remove_stale()
+        _remove_stale(access)
         copy = _LocalCopy.find(access, name, target, conn.options.digest_cache())
         try:
-            status, reply, sent, digest = _exchange(
+            status, reply, sent, digest, mode_only = _exchange(
                 conn, remote_path, access, name, target, copy, progress, on_size, stall_timeout
             )
         finally:
@@ -101,8 +101,17 @@ def get_file(
         sha256=digest,
         duration_s=time.monotonic() - started,
         mode=int(reply.get("mode", 0)) & KEPT_BITS,
-        metadata_only=status == "changed" and sent == 0,
+        metadata_only=mode_only,
+        size=int(reply.get("size", sent)),
     )
+
+
+def _remove_stale(access: LocalFolder) -> None:
+    """Best effort: a folder we may write but not list keeps its leftovers."""
+    try:
+        access.remove_stale()
+    except OSError:
+        pass
 
 
 def _open_folder(access: LocalFolder, folder: str) -> None:
@@ -164,8 +173,9 @@ def _exchange(
     progress: Callable[[int], None] | None,
     on_size: Callable[[int], None] | None,
     stall_timeout: float,
-) -> tuple[str, dict[str, Any], int, str]:
-    """The request and its answers: (status, the RESULT, bytes received, sha256)."""
+) -> tuple[str, dict[str, Any], int, str, bool]:
+    """The request and its answers: (status, the RESULT, bytes received, sha256, only
+    the mode changed)."""
     cache = conn.options.digest_cache()
     conn.request("get", path=remote_path, size=copy.size, sha256=copy.digest)
     frame_type, reply = conn.receive(FrameType.PROCEED, FrameType.RESULT, long_wait=True)
@@ -175,14 +185,14 @@ def _exchange(
     if frame_type is FrameType.RESULT:
         conn.check(reply)
         status = _fix_mode(copy, target, int(reply.get("mode", 0)) & KEPT_BITS)
-        return status, reply, 0, str(reply.get("sha256"))
+        return status, reply, 0, str(reply.get("sha256")), status == "changed"
     size, mode = _announced(reply)
     if on_size is not None:
         on_size(size)
     digest, landed = _receive(conn, access, name, target, size, mode, progress, stall_timeout)
     reply = conn.result(long_wait=True)
     cache.remember(landed, digest)  # the next get of the same content reads nothing
-    return "changed", reply, size, digest
+    return "changed", reply, size, digest, False
 
 
 def _announced(proceed: dict[str, Any]) -> tuple[int, int]:
