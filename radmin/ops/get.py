@@ -119,7 +119,10 @@ def _open_source(request: Request, access: userfiles.Access, path: str, user: st
     if real_path != path:  # a symlinked folder inside the allowed tree must not lead out
         request.audit["real_path"] = real_path
         policy.path_verdict(request.client.allow_get, "get", real_path).enforce()
-    entry = access.lstat(name)
+    try:
+        entry = access.lstat(name)
+    except OSError as exc:
+        raise RequestError(f"cannot look at {path} as {user}: {exc.strerror}") from None
     if entry is None:
         raise BadRequest(f"no such file: {path}")
     _refuse_kind(entry.mode, path)
@@ -180,10 +183,12 @@ def _serve(request: Request, params: GetParams, source: Source) -> Outcome:
     if params.size == source.size:
         if params.sha256 is None:  # both sides hash at once
             conn.send_json(FrameType.PROCEED, {**announced, "digest_first": True})
-            known = fd_sha256(source.fd, DIGESTS)
-            theirs = receive_digest(conn, request.config.limits.idle_timeout)
+            try:
+                known = _hash(source, params.path)
+            finally:  # the client's DIGEST is read whatever happened: the stream in step
+                theirs = receive_digest(conn, request.config.limits.idle_timeout)
         else:
-            known, theirs = fd_sha256(source.fd, DIGESTS), params.sha256
+            known, theirs = _hash(source, params.path), params.sha256
         if known == theirs:
             return _outcome("unchanged", params.path, source, 0, known)
     conn.send_json(FrameType.PROCEED, {**announced, "digest_first": False})
@@ -212,7 +217,7 @@ def _send(request: Request, path: str, source: Source, known: str | None) -> Out
     if sent.stopped:
         _receive_cancel(request)
         return Outcome.failure(TransferFailed("cancelled by the client"), after_reply=None)
-    if sent.stable is None or os.pread(source.fd, 1, source.size):
+    if sent.stable is None or _longer_than(source):
         return _cancel(
             request,
             f"{path} changed while it was being sent (size, mtime or ctime); "
@@ -223,6 +228,21 @@ def _send(request: Request, path: str, source: Source, known: str | None) -> Out
     DIGESTS.remember(sent.stable, digest)
     conn.send_json(FrameType.DIGEST, {"sha256": digest})
     return _outcome("changed", path, source, sent.bytes, digest)
+
+
+def _hash(source: Source, path: str) -> str:
+    try:
+        return fd_sha256(source.fd, DIGESTS)
+    except OSError as exc:
+        raise RequestError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _longer_than(source: Source) -> bool:
+    """Content past the announced size (it grew, and its stat did not say so)."""
+    try:
+        return bool(os.pread(source.fd, 1, source.size))
+    except OSError:
+        return True
 
 
 def _cancel(request: Request, message: str) -> Outcome:
