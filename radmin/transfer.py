@@ -1,5 +1,6 @@
 """A file received as data frames, verified, and landed atomically -- for put on the
-daemon now, and for get on the client next: the same code for both directions.
+daemon and for get on the client (radmin/client/get.py, landing.py): the same code for
+both directions; `send_file` is the sending half of both (put's client, get's daemon).
 
     land(): journal the temporary file -> create it beside the destination (through a
             FolderAccess, so as the run_as user) -> reserve its space -> fill it ->

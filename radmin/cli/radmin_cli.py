@@ -1,7 +1,7 @@
 """`radmin-cli`: the entry point and its exit statuses.
 
 The work is elsewhere: radmin/cli/command_line.py reads the command line,
-radmin/cli/fanout_commands.py runs ping, exec and put over HOSTS (radmin.fanout gives
+radmin/cli/fanout_commands.py runs ping, exec, put and get over HOSTS (radmin.fanout gives
 one typed outcome per host), radmin.client talks to one daemon. Start-up time matters
 (`radmin-cli exec` competes with `ssh`): modules are imported by the command that needs
 them, and `typing` never at run time.
