@@ -17,7 +17,15 @@ import threading
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
 
-from radmin.client import Cancelled, ClientOptions, ExecResult, PutResult, RemoteError, connect
+from radmin.client import (
+    Cancelled,
+    ClientOptions,
+    ExecResult,
+    GetResult,
+    PutResult,
+    RemoteError,
+    connect,
+)
 from radmin.errors import (
     ConnectionLost,
     ConnectTimeout,
@@ -76,7 +84,7 @@ if TYPE_CHECKING:
         target: Target
         kind: str
         error: str | None = None
-        result: ExecResult | PutResult | PingResult | None = None
+        result: ExecResult | PutResult | GetResult | PingResult | None = None
         brief: str | None = None
 
 else:
@@ -421,7 +429,7 @@ def _kind_of(result: Any) -> str:
         if result.cancelled:
             return CANCELLED
         return OK if result.status == 0 and not result.timed_out else FAILED
-    if isinstance(result, PutResult):
+    if isinstance(result, PutResult | GetResult):
         return CHANGED if result.status == CHANGED else UNCHANGED
     return OK
 
@@ -470,6 +478,22 @@ def put_on_host(
         lambda conn: conn.put(local_path, remote_path, **put_options),
         local_file=local_path,
         idempotent=True,  # lands whole or not at all, and "unchanged" the second time
+    )
+
+
+def get_on_host(
+    target: Target,
+    options: ClientOptions,
+    remote_path: str,
+    local_path: str | None,
+    **get_options: Any,
+) -> HostOutcome:
+    """Download from one host; never raises."""
+    return on_host(
+        target,
+        options,
+        lambda conn: conn.get(remote_path, local_path, **get_options),
+        idempotent=True,  # lands whole or not at all, like put
     )
 
 

@@ -69,7 +69,8 @@ class FileDigestCache(DigestCache):
         super().remember(st, digest)
         with self._lock:
             stored = {" ".join(map(str, key)): value for key, value in self._digests.items()}
-        temp = f"{self.path}.{os.getpid()}.tmp"
+        # Per thread too: a fan-out's threads (get from many hosts) remember at once.
+        temp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:

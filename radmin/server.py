@@ -41,6 +41,7 @@ from radmin.identity import fingerprint
 from radmin.log import get_logger
 from radmin.ops import Outcome, Request
 from radmin.ops import exec as exec_op
+from radmin.ops import get as get_op
 from radmin.ops import ping as ping_op
 from radmin.ops import put as put_op
 from radmin.protocol import Frame, FrameSocket, FrameType, heartbeat_interval, wait_ready
@@ -57,6 +58,7 @@ OPERATIONS: dict[str, Callable[[Request], Outcome]] = {
     "ping": ping_op.run,
     "exec": exec_op.run,
     "put": put_op.run,
+    "get": get_op.run,
 }
 
 

@@ -1,5 +1,6 @@
 """A file received as data frames, verified, and landed atomically -- for put on the
-daemon now, and for get on the client next: the same code for both directions.
+daemon and for get on the client (radmin/client/get.py, landing.py): the same code for
+both directions; `send_file` is the sending half of both (put's client, get's daemon).
 
     land(): journal the temporary file -> create it beside the destination (through a
             FolderAccess, so as the run_as user) -> reserve its space -> fill it ->
@@ -62,18 +63,23 @@ def land(
     access: Access,
     folder: str,
     name: str,
-    state_dir: Path,
+    state_dir: Path | None,
     size: int,
     fill: Callable[[int, Path], str],
 ) -> tuple[str, os.stat_result]:
     """Create a journaled temporary file in `folder` (open in `access`), reserve `size`
     bytes, let `fill(fd, temp_path)` write, verify and fsync it (returning its SHA-256),
     then rename it over `name`. Returns the digest and the file's stat after the rename
-    (which changes ctime: a digest cache keyed on it then hits next time)."""
+    (which changes ctime: a digest cache keyed on it then hits next time).
+
+    `state_dir` None: no journal (get on the client, whose `access` leaves nothing a
+    crash could orphan, or names it so the next get removes it)."""
     temp_name = journal.temp_name(name)
     temp = Path(folder) / temp_name
+    entry = None
     try:
-        entry = journal.JournalEntry(state_dir, temp)
+        if state_dir is not None:
+            entry = journal.JournalEntry(state_dir, temp)
     except OSError as exc:
         raise TransferFailed(f"cannot record the upload in {state_dir}: {exc.strerror}") from None
     renamed = False
@@ -99,7 +105,8 @@ def land(
         if not renamed:
             with contextlib.suppress(OSError):
                 access.unlink(temp_name)
-        entry.close()
+        if entry is not None:
+            entry.close()
 
 
 def reserve_space(fd: int, size: int, folder: str) -> None:
@@ -131,8 +138,14 @@ class Receiver:
     first, else None: a DIGEST frame follows the data. `stall_timeout` bounds each wait
     once data flows (a sender that goes quiet must not hold space). After a failure
     mid-stream, `discard_rest` keeps the stream in step with a sender that has not seen
-    the answer yet.
+    the answer yet. `progress` is called with the size of each data frame received.
+
+    PEER and STALLED word the messages: the daemon receives from the client (put); a
+    subclass with the daemon as PEER receives a get on the client.
     """
+
+    PEER = "client"
+    STALLED = "upload stalled for {:g} s (limits.upload_stall_timeout)"
 
     def __init__(
         self,
@@ -142,8 +155,10 @@ class Receiver:
         stall_timeout: float,
         what: str,
         announce: Callable[[], None],
+        progress: Callable[[int], None] | None = None,
     ):
         self.frames = frames
+        self.progress = progress
         self.announce = announce  # tells the sender to start (put: PROCEED)
         self.started = False  # announced: the sender streams from now on
         self.size = size
@@ -175,7 +190,7 @@ class Receiver:
                 self.sender_done = True
         if actual != self.sha256:
             raise TransferFailed(
-                f"checksum mismatch: the client's sha256 is {self.sha256}, received {actual}"
+                f"checksum mismatch: the {self.PEER}'s sha256 is {self.sha256}, received {actual}"
             )
         try:
             with self.frames.keepalive():  # a large file's fsync can take a while
@@ -192,22 +207,24 @@ class Receiver:
             frame = self._next_frame()
             if frame.type is FrameType.CANCEL:
                 self.sender_done = True
-                raise TransferFailed("cancelled by the client")
+                raise TransferFailed(f"cancelled by the {self.PEER}")
             if frame.type is not FrameType.FILE_DATA:
                 raise ProtocolError(f"expected FILE_DATA, got {frame.type.name}")
             if self.received + len(frame.payload) > self.size:
-                raise ProtocolError(f"client sent more than the {self.size} bytes it announced")
+                raise ProtocolError(
+                    f"{self.PEER} sent more than the {self.size} bytes it announced"
+                )
             self.received += len(frame.payload)
             writer.put(bytes(frame.payload))
+            if self.progress is not None:
+                self.progress(len(frame.payload))
         self.sender_done = self.sha256 is not None  # else a DIGEST frame is still to come
 
     def _next_frame(self):
         try:
             return self.frames.recv_frame()
         except TimeoutError:
-            raise ConnectionClosed(
-                f"upload stalled for {self.stall_timeout:g} s (limits.upload_stall_timeout)"
-            ) from None
+            raise ConnectionClosed(self.STALLED.format(self.stall_timeout)) from None
 
     def discard_rest(self) -> None:
         """After an early answer: skip FILE_DATA until the announced size (and the DIGEST
@@ -272,7 +289,7 @@ class FileShrank(OSError):
 
 
 def send_file(
-    path: str,
+    path: str | int,
     size: int,
     send_chunk: Callable[[memoryview], None],
     answered_early: Callable[[], bool],
@@ -291,7 +308,9 @@ def send_file(
     digest = hashlib.sha256() if hash_it else None
     view = memoryview(bytearray(MAX_DATA))
     sent = 0
-    with open(path, "rb", buffering=0) as f:
+    # An int is a descriptor the caller opened (get: as run_as, never through a
+    # symlink) and keeps: read from its current offset, not closed here.
+    with open(path, "rb", buffering=0, closefd=not isinstance(path, int)) as f:
         before = os.fstat(f.fileno())
         while sent < size:
             n = f.readinto(view[: min(MAX_DATA, size - sent)])
@@ -314,3 +333,16 @@ def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
     from radmin.hashing import version_key
 
     return version_key(a) == version_key(b)
+
+
+def peer_has_spoken(frames: FrameSocket) -> bool:
+    """Has the receiver sent something (its early answer, a CANCEL) while we send?
+    TLS may hold decrypted bytes poll() cannot see: those count too."""
+    import select
+    import ssl
+
+    from radmin.protocol import wait_ready
+
+    sock = frames.sock
+    pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+    return bool(pending) or bool(wait_ready({sock.fileno(): select.POLLIN}, 0))

@@ -5,7 +5,8 @@ still not be able to write where that user could not. Re-implementing the kernel
 permission rules (modes, ACLs, the sticky bit, read-only mounts...) in Python would be
 a copy with holes, so the namespace operations of a put -- resolve the folder, open it,
 open the old file for reading, create the temporary file, rename it into place, remove
-it -- run in a short-lived child that has dropped to the user's uid, gid and groups.
+it -- and the open of the file a get sends, run in a short-lived child that has dropped
+to the user's uid, gid and groups.
 The child hands the descriptors back (SCM_RIGHTS) and the daemon streams the data into
 them, so throughput does not depend on the child. The daemon's own threads never change
 their euid. When run_as is root (or absent while the daemon is root) the same
@@ -83,6 +84,15 @@ class FolderAccess:
             return None
         return fd
 
+    def open_source(self, name: str) -> int:
+        """An existing file to send (get), opened with this user's rights. The last
+        component is never followed (O_NOFOLLOW: a symlink fails with ELOOP), a FIFO
+        does not block the open (O_NONBLOCK), a terminal does not become ours
+        (O_NOCTTY); the caller refuses anything but a regular file from fstat. Errors
+        are the kernel's, so the caller can say which (no such file, permission)."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+        return os.open(name, flags, dir_fd=self.dir_fd)
+
     def create(self, name: str) -> int:
         fd = os.open(
             name,
@@ -144,8 +154,10 @@ def walk(path: str) -> int:
 
 # Calls the child answers; the values that come back are descriptors (sent beside the
 # reply) or JSON.
-_FD_CALLS = frozenset({"open_read", "create"})
-_CALLS = frozenset({"open_folder", "lstat", "open_read", "create", "rename", "unlink"})
+_FD_CALLS = frozenset({"open_read", "open_source", "create"})
+_CALLS = frozenset(
+    {"open_folder", "lstat", "open_read", "open_source", "create", "rename", "unlink"}
+)
 
 
 class DelegatedAccess:
@@ -187,6 +199,12 @@ class DelegatedAccess:
 
     def open_read(self, name: str) -> int | None:
         return self._call("open_read", name)
+
+    def open_source(self, name: str) -> int:
+        fd = self._call("open_source", name)
+        if fd is None:  # an answer without a descriptor: the child could not pass it
+            raise OSError(errno.EIO, "the file helper passed no descriptor")
+        return fd
 
     def create(self, name: str) -> int:
         return self._call("create", name)
@@ -264,4 +282,3 @@ def access_as(user: pwd.struct_passwd) -> Access:
     if user.pw_uid == os.geteuid():
         return FolderAccess()
     return DelegatedAccess(user)
-

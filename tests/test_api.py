@@ -145,10 +145,14 @@ def test_a_new_daemon_is_recorded_after_its_hello(daemon, client_home):
     assert warnings and "permanently added" in warnings[0]
 
 
-def test_the_example_in_docs_api_md_runs(daemon, client_home, tmp_path, monkeypatch, capsys):
+def test_the_example_in_docs_api_md_runs(
+    daemon_factory, client_home, tmp_path, monkeypatch, capsys
+):
+    daemon = daemon_factory({"ops": client_entry(client_home, get=["/var/tmp/radmin/**"])})
     doc = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
     example = re.search(r"```python\n(.*?)```", doc, flags=re.S)
     assert example, "docs/api.md lost its example"
+    monkeypatch.chdir(tmp_path)  # where the example's get lands
     trust(client_home, daemon)
     (client_home.path / "config.yaml").write_text(f"hosts:\n  web1: {daemon.address}\n")
     monkeypatch.setenv("RADMIN_HOME", str(client_home.path))
@@ -159,3 +163,5 @@ def test_the_example_in_docs_api_md_runs(daemon, client_home, tmp_path, monkeypa
     assert printed[2] == "exit 1"
     assert printed[3].split()[0] in ("changed", "unchanged")
     assert Path("/var/tmp/radmin/hostname-copy").read_text() == Path("/etc/hostname").read_text()
+    assert printed[4].split()[:2] in (["changed", "hostname.web1"], ["unchanged", "hostname.web1"])
+    assert (tmp_path / "hostname.web1").read_text() == Path("/etc/hostname").read_text()

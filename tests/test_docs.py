@@ -250,7 +250,8 @@ def _server_config(root: Path, install_home: ClientHome, ops_home: ClientHome) -
     paste = run_cli(install_home, "fingerprint", "--paste")
     assert paste.returncode == 0, paste.stderr
     ops_block = (
-        f'  ops:\n    cert: {ops_home.cert}\n    allow:\n      exec: ["*"]\n      put: ["/**"]\n'
+        f"  ops:\n    cert: {ops_home.cert}\n    allow:\n"
+        f'      exec: ["*"]\n      put: ["/**"]\n      get: ["/var/log/**"]\n'
     )
     config = etc / "radmind.yaml"
     text = config.read_text() + paste.stdout.decode() + ops_block
@@ -267,6 +268,7 @@ def world(tmp_path_factory) -> Iterator[World]:
     root, work = base / "root", base / "work"
     for folder in ("etc/nginx", "srv/app", "run", "var/log"):
         (root / folder).mkdir(parents=True)
+    (root / "var/log/syslog").write_text("Nov 26 10:00:00 web1 radmind: listening\n")
     for name, content in LOCAL_FILES.items():
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         (work / name).write_text(content)

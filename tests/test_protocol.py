@@ -158,15 +158,16 @@ def test_max_size_data_frames_back_to_back():
         thread.join()
 
 
-@pytest.mark.parametrize("op", ["exec", "put"])
+@pytest.mark.parametrize("op", ["exec", "put", "get"])
 def test_docs_protocol_md_field_tables_are_generated_from_the_declared_fields(op):
     """REQUEST fields are declared once (radmin/ops/*.py FIELDS); the doc is generated
     from them by scripts/gen-config-docs, so it cannot drift."""
     from radmin.ops import exec as exec_op
     from radmin.ops import fields
+    from radmin.ops import get as get_op
     from radmin.ops import put as put_op
 
-    declared = {"exec": exec_op.FIELDS, "put": put_op.FIELDS}[op]
+    declared = {"exec": exec_op.FIELDS, "put": put_op.FIELDS, "get": get_op.FIELDS}[op]
     doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
     assert fields.reference_markdown(declared) in doc, (
         "docs/protocol.md is out of date: run scripts/gen-config-docs"

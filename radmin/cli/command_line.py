@@ -191,7 +191,8 @@ HOSTS_HELP = "host[:port],alias,@group,..."
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
-        prog="radmin-cli", description="radmin client: run commands and upload files over mTLS"
+        prog="radmin-cli",
+        description="radmin client: run commands, upload and download files over mTLS",
     )
     parser.add_argument("--version", action="version", version=f"radmin-cli {__version__}")
     commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
@@ -274,11 +275,32 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         nargs="?",
         help="absolute; ending in / = inside that folder; default: the daemon's put.default_dir",
     )
-    return parser, {"ping": ping, "exec": run, "put": put}
+    get = _get_parser(commands)
+    return parser, {"ping": ping, "exec": run, "put": put, "get": get}
+
+
+def _get_parser(commands: Any) -> argparse.ArgumentParser:
+    get = commands.add_parser(
+        "get",
+        help="download a file from each host, atomically and verified",
+        usage="radmin-cli get [OPTIONS] HOSTS REMOTE_PATH [LOCAL_PATH]",
+        allow_abbrev=False,
+    )
+    _fanout_options(get)
+    get.add_argument("hosts", metavar="HOSTS", help=HOSTS_HELP)
+    get.add_argument("remote_path", metavar="REMOTE_PATH", help="absolute path of the file")
+    get.add_argument(
+        "local_path",
+        metavar="LOCAL_PATH",
+        nargs="?",
+        help="one host: the local file, or a folder to land in (default: the base name "
+        "here); several hosts: the folder holding HOST/BASENAME (default: .)",
+    )
+    return get
 
 
 # Commands whose options may come after their operands; exec's COMMAND starts after HOSTS.
-_OPERANDS_BEFORE_COMMAND = {"exec": 1, "put": None, "ping": None}
+_OPERANDS_BEFORE_COMMAND = {"exec": 1, "put": None, "ping": None, "get": None}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""ping, exec and put: one run over HOSTS, each host's outcome printed as soon as it is
+"""ping, exec, put and get: one run over HOSTS, each host's outcome printed as soon as it is
 known (a line, or a --json object), a summary, and the exit status radmin_cli chooses.
 
 Imported by radmin_cli.main only for these commands.
@@ -7,6 +7,7 @@ Imported by radmin_cli.main only for these commands.
 from __future__ import annotations
 
 import os
+import posixpath
 import sys
 import threading
 
@@ -19,7 +20,7 @@ from radmin.cli.radmin_cli import (
     os_error,
     stderr_line,
 )
-from radmin.client import Cancelled, ClientOptions, ExecResult, PingResult, PutResult
+from radmin.client import Cancelled, ClientOptions, ExecResult, GetResult, PingResult, PutResult
 from radmin.errors import TransportError
 from radmin.fanout import (
     CANCELLED,
@@ -37,6 +38,7 @@ from radmin.fanout import (
     LinePrefixer,
     SharedOutput,
     exec_on_host,
+    get_on_host,
     ping_on_host,
     put_on_host,
     run_rolling,
@@ -59,7 +61,7 @@ if TYPE_CHECKING:
 
 
 class Run:
-    """One invocation of ping, exec or put: its hosts, run id, client options, stdout,
+    """One invocation of ping, exec, put or get: its hosts, run id, client options, stdout,
     and what stops it early (Ctrl-C, or our stdout's reader going away)."""
 
     def __init__(self, args: argparse.Namespace, home: ClientHome):
@@ -514,6 +516,119 @@ def _put_record(outcome: HostOutcome, path: str | None, sha256: str | None) -> d
         "duration_s": round(result.duration_s, 4) if result else None,
         "error": outcome.error,
         "metadata_only": bool(result and result.metadata_only),  # changed: only mode/owner
+    }
+
+
+# -- get ----------------------------------------------------------------------------------
+
+
+def get_command(args: argparse.Namespace, home: ClientHome) -> int:
+    from radmin.client.get import local_target
+
+    remote = args.remote_path
+    if not remote.startswith("/"):
+        raise UsageError(f"REMOTE_PATH must be absolute, got {remote!r}")
+    try:
+        local_target(remote, None)
+    except ValueError:
+        raise UsageError(f"REMOTE_PATH must name a file, got {remote!r}") from None
+    run = Run(args, home)
+    destinations = _get_destinations(run, remote, args.local_path)
+    bar = _progress_bar(0, show=not args.json)
+    bar_lock = threading.Lock()
+
+    def on_size(size: int) -> None:
+        """A host announced its file: the bar's total grows by it."""
+        if bar is not None:
+            with bar_lock:
+                bar.total = (bar.total or 0) + size
+                bar.refresh()
+
+    def progress(n: int) -> None:
+        """After each frame received: the bar, and Ctrl-C stops a download mid-file."""
+        if run.stop.is_set():
+            raise Cancelled("cancelled")
+        if bar is not None:
+            with bar_lock:
+                bar.update(n)
+
+    def on_host(target: Target) -> HostOutcome:
+        local = destinations[target.label]
+        if run.several:
+            try:  # LOCAL_PATH/HOST/ is made as pslurp and Ansible's fetch make it
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+            except OSError as exc:
+                return HostOutcome(target, FAILED, os_error(exc))
+        return get_on_host(target, run.options, remote, local, progress=progress, on_size=on_size)
+
+    def report(outcome: HostOutcome) -> None:
+        if bar is not None:
+            with bar_lock:
+                bar.clear()
+        local = destinations[outcome.target.label] or local_target(remote, None)
+        if args.json:
+            run.json_line(_get_record(outcome, remote, local))
+        elif outcome.kind in SUCCESS:
+            result = outcome.result
+            assert isinstance(result, GetResult)
+            run.out.write(
+                f"{outcome.target.label}: {outcome.kind} {result.path} "
+                f"({_human_size(result.size)}, sha256 {result.sha256[:12]}…)\n".encode()
+            )
+        else:
+            run.report_failure(outcome)
+
+    try:
+        return run.fan_out("get", on_host, report)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def host_folder(label: str) -> str:
+    """The folder a host's file lands in with several hosts: its --json `host` value
+    (the alias or address as typed), brackets dropped and `:` made `_` (`web1`,
+    `web2_7421`, `2001_db8__5_7420`); never `.`/`..` or a `/`."""
+    name = label.replace("[", "").replace("]", "").replace(":", "_").replace("/", "_")
+    return name if name.strip(".") else f"_{name}"
+
+
+def _get_destinations(run: Run, remote: str, local_path: str | None) -> dict[str, Any]:
+    """Each host's local file: LOCAL_PATH as given with one host (None: the default,
+    chosen by the API); LOCAL_PATH/HOST/BASENAME with several."""
+    if not run.several:
+        return {run.targets[0].label: local_path}
+    base = local_path or "."
+    name = posixpath.basename(remote)
+    destinations: dict[str, Any] = {}
+    folders: dict[str, str] = {}
+    for target in run.targets:
+        folder = host_folder(target.label)
+        if folder in folders:
+            raise UsageError(
+                f"{folders[folder]} and {target.label} would both land in {base}/{folder}/"
+            )
+        folders[folder] = target.label
+        destinations[target.label] = os.path.join(base, folder, name)
+    return destinations
+
+
+def _get_record(outcome: HostOutcome, remote_path: str, local: str) -> dict[str, Any]:
+    """One host's `get --json` object: put's fields (`path` is the local file) and
+    `remote_path`."""
+    result = outcome.result if outcome.kind in SUCCESS else None
+    assert result is None or isinstance(result, GetResult)
+    status = outcome.kind if outcome.kind in SUCCESS or outcome.kind == SKIPPED else "error"
+    return {
+        "host": outcome.target.label,
+        "status": status,
+        "path": result.path if result else local,
+        "remote_path": result.remote_path if result else remote_path,
+        "bytes": result.bytes if result else 0,
+        "sha256": result.sha256 if result else None,
+        "duration_s": round(result.duration_s, 4) if result else None,
+        "error": outcome.error,
+        "metadata_only": bool(result and result.metadata_only),
     }
 
 

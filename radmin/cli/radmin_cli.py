@@ -1,7 +1,7 @@
 """`radmin-cli`: the entry point and its exit statuses.
 
 The work is elsewhere: radmin/cli/command_line.py reads the command line,
-radmin/cli/fanout_commands.py runs ping, exec and put over HOSTS (radmin.fanout gives
+radmin/cli/fanout_commands.py runs ping, exec, put and get over HOSTS (radmin.fanout gives
 one typed outcome per host), radmin.client talks to one daemon. Start-up time matters
 (`radmin-cli exec` competes with `ssh`): modules are imported by the command that needs
 them, and `typing` never at run time.
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # exit_status() are the only places a status is chosen from what happened on the hosts.
 
 EXIT_OK = 0
-EXIT_FAILED = 1  # put refused or failed (or its local FILE); several hosts: some failed
+EXIT_FAILED = 1  # put/get refused or failed (or a local file); several hosts: some failed
 EXIT_USAGE = 2
 EXIT_REFUSED = 126  # exec refused or not started on the host: the shell's "cannot execute"
 EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(name: str) -> Any:
-    if name in ("ping", "exec", "put"):
+    if name in ("ping", "exec", "put", "get"):
         from radmin.cli import fanout_commands
 
         return getattr(fanout_commands, f"{name}_command")

@@ -1,4 +1,4 @@
-"""The Python API: connect to a radmind, check its key, then ping / exec / run / put.
+"""The Python API: connect to a radmind, check its key, then ping / exec / run / put / get.
 
     import radmin.client
 
@@ -13,7 +13,8 @@ CLI), `RemoteError` with the daemon's code, `Cancelled`, `LocalFileError`,
 `CommandFailed`. docs/api.md has the whole surface.
 
 The modules: `options` (identity, trust, per-run caches), `connection` (TCP, TLS,
-host key, hello, frames, the one error map), `exec` and `put` (one per operation).
+host key, hello, frames, the one error map), `exec`, `put` and `get` (one per
+operation; `landing` is where a download lands).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 from radmin.client.connection import Connection, PingResult, transport_error
 from radmin.client.connection import connect as _connect
 from radmin.client.exec import ExecResult
+from radmin.client.get import GetResult
 from radmin.client.options import ClientOptions
 from radmin.client.put import PutResult
 from radmin.errors import (
@@ -54,6 +56,7 @@ __all__ = [
     "ConnectionLost",
     "DaemonBusy",
     "ExecResult",
+    "GetResult",
     "HostKeyError",
     "LocalFileError",
     "NotAuthorizedByDaemon",

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any
 
+    from radmin.client.get import GetResult
     from radmin.client.options import ClientOptions
     from radmin.hosts import Target
 
@@ -409,3 +410,15 @@ class Connection:
         (called with the number of bytes just sent).
         """
         return put_file(self, local_path, remote_path, **options)
+
+    def get(self, remote_path: str, local_path: str | None = None, **options: Any) -> GetResult:
+        """Download a file; the local file ends as it was or as the complete verified copy.
+
+        `local_path`: None lands the remote base name in the current folder; an existing
+        folder or a path ending in `/` means inside it. Keywords: progress (called with
+        the number of bytes just received), on_size (called once with the file's size
+        before its data comes), stall_timeout (seconds without data before giving up).
+        """
+        from radmin.client.get import get_file
+
+        return get_file(self, remote_path, local_path, **options)
