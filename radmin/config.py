@@ -428,6 +428,18 @@ class LogSettings:
     )
 
 
+@dataclass(frozen=True)
+class ShellSettings:
+    record: bool = setting(
+        _boolean,
+        False,
+        "Record every radmin-cli shell session as asciicast v2 (playable by asciinema "
+        "play) in state_dir/sessions/RUN_ID-CLIENT-TIMESTAMP.cast, mode 0600; the "
+        "daemon logs each file's path with the run id.",
+        "false",
+    )
+
+
 CLIENT_SCHEMA: Schema = {
     "cert": Setting(
         _client_cert,
@@ -516,6 +528,7 @@ SCHEMA: Schema = {
         "relative to this file if relative.",
         "/var/lib/radmin",
     ),
+    "shell": section(ShellSettings),
     "limits": section(Limits),
     "log": section(LogSettings),
     # Last, so that the block `radmin-cli keygen` prints can be appended to the file.
@@ -560,6 +573,7 @@ class Config:
     # Problems that do not stop the daemon (`check` prints them on stderr): rules that
     # can never match, a run_as client with "*", certificates past their dates.
     warnings: tuple[str, ...] = ()
+    shell: ShellSettings = field(default_factory=ShellSettings)
 
     def client_named(self, name: str) -> ClientPolicy | None:
         return next((c for c in self.clients.values() if c.name == name), None)
@@ -711,6 +725,7 @@ def load_config(path: Path) -> Config:
         log=build(LogSettings, values["log"]),
         clients=MappingProxyType(clients),
         warnings=tuple(walker.warnings),
+        shell=build(ShellSettings, values["shell"]),
     )
 
 

@@ -58,6 +58,8 @@ class FrameType(IntEnum):
     CANCEL = 0x06  # JSON, client -> daemon: abort the running operation
     WINDOW = 0x07  # JSON, daemon -> client: this many more STDIN bytes may be sent
     DIGEST = 0x08  # JSON, client -> daemon: the SHA-256 of a put's content
+    # 0x09 (HEARTBEAT) and 0x0A (get) are taken by other work in progress.
+    RESIZE = 0x0B  # JSON, client -> daemon: a shell's new window size {rows, cols}
     STDIN = 0x10  # bytes, client -> daemon
     STDOUT = 0x11  # bytes, daemon -> client
     STDERR = 0x12  # bytes, daemon -> client
@@ -75,6 +77,7 @@ CONTROL_TYPES = frozenset(
         FrameType.CANCEL,
         FrameType.WINDOW,
         FrameType.DIGEST,
+        FrameType.RESIZE,
     }
 )
 _KNOWN_TYPES = {int(t): t for t in FrameType}

@@ -42,6 +42,7 @@ from radmin.ops import Outcome, Request
 from radmin.ops import exec as exec_op
 from radmin.ops import ping as ping_op
 from radmin.ops import put as put_op
+from radmin.ops import shell as shell_op
 from radmin.protocol import Frame, FrameSocket, FrameType, wait_ready
 from radmin.tls import handshake, server_context
 from radmin.usage import Usage
@@ -54,6 +55,7 @@ OPERATIONS: dict[str, Callable[[Request], Outcome]] = {
     "ping": ping_op.run,
     "exec": exec_op.run,
     "put": put_op.run,
+    "shell": shell_op.run,
 }
 
 

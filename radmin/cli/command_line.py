@@ -189,11 +189,49 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         nargs="?",
         help="absolute; ending in / = inside that folder; default: the daemon's put.default_dir",
     )
-    return parser, {"ping": ping, "exec": run, "put": put}
+    shell = _shell_parser(commands)
+    return parser, {"ping": ping, "exec": run, "put": put, "shell": shell}
+
+
+def _shell_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """`shell [OPTIONS] HOST`: one host, so none of the fan-out's -p, --json."""
+    shell = commands.add_parser(
+        "shell",
+        help="interactive login shell on one host, on a real PTY (like ssh -t)",
+        usage="radmin-cli shell [OPTIONS] HOST",
+        allow_abbrev=False,
+    )
+    shell.add_argument(
+        "-v", "--verbose", action="store_true", help="print the run id and the host on stderr"
+    )
+    shell.add_argument(
+        "--run-id", type=_run_id_arg, metavar="ID", help="this session's id in the daemon's log"
+    )
+    shell.add_argument(
+        "--strict-host-key", action="store_true", help="refuse a host not in known_hosts"
+    )
+    shell.add_argument(
+        "--host-fingerprint",
+        type=_fingerprint_arg,
+        metavar="SHA256:...",
+        help="accept only this daemon fingerprint",
+    )
+    shell.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        default=DEFAULT_CONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up after this long (default {DEFAULT_CONNECT_TIMEOUT:g})",
+    )
+    _home_option(shell)
+    shell.add_argument("hosts", metavar="HOST", help="host[:port] or alias")
+    return shell
 
 
 # Commands whose options may come after their operands; exec's COMMAND starts after HOSTS.
-_OPERANDS_BEFORE_COMMAND = {"exec": 1, "put": None, "ping": None}
+_OPERANDS_BEFORE_COMMAND = {"exec": 1, "put": None, "ping": None, "shell": None}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -23,6 +23,7 @@ from radmin.client.connection import connect as _connect
 from radmin.client.exec import ExecResult
 from radmin.client.options import ClientOptions
 from radmin.client.put import PutResult
+from radmin.client.shell import ShellResult
 from radmin.errors import (
     Cancelled,
     CommandFailed,
@@ -60,6 +61,7 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "ReplyTimeout",
+    "ShellResult",
     "TransportError",
     "TrustError",
     "Unreachable",
