@@ -524,7 +524,8 @@ SCHEMA: Schema = {
     "state_dir": Setting(
         _path,
         Path("/var/lib/radmin"),
-        "Daemon state (the journal of in-flight uploads), made at start if missing; "
+        "Daemon state (the journal of in-flight uploads; recorded shells in sessions/), "
+        "made at start if missing; "
         "relative to this file if relative.",
         "/var/lib/radmin",
     ),

@@ -279,9 +279,7 @@ def test_idle_timeout_does_not_end_an_open_shell(daemon_factory, client_home, te
 # -- the end of a session ----------------------------------------------------------------
 
 
-def test_a_killed_client_ends_the_remote_shells_whole_session(
-    shell_daemon, client_home, terminals
-):
+def test_a_killed_client_ends_the_remote_shells_whole_session(shell_daemon, client_home, terminals):
     foreground, background, stubborn, stopped = (new_marker() for _ in range(4))
     terminal = terminals(client_home, "shell", shell_daemon.address)
     terminal.ready()
@@ -336,9 +334,7 @@ def test_sigterm_to_the_client_restores_the_terminal(shell_daemon, client_home, 
     wait_until_gone(marker, TIMEOUT)
 
 
-def test_a_lost_daemon_gives_255_and_restores_the_terminal(
-    daemon_factory, client_home, terminals
-):
+def test_a_lost_daemon_gives_255_and_restores_the_terminal(daemon_factory, client_home, terminals):
     daemon = daemon_factory({"ops": client_entry(client_home, shell=True)})
     terminal = terminals(client_home, "shell", daemon.address)
     terminal.ready()
@@ -430,9 +426,11 @@ def test_the_api_refuses_with_a_remote_error(daemon_factory, client_home):
     daemon = daemon_factory({"ops": client_entry(client_home)})
     read_end, write_end = os.pipe()
     os.close(write_end)
-    with connect(daemon.address, home_path(client_home)) as conn:
-        with pytest.raises(RemoteError) as refused:
-            conn.shell(stdin=read_end, on_output=lambda data: None)
+    with (
+        connect(daemon.address, home_path(client_home)) as conn,
+        pytest.raises(RemoteError) as refused,
+    ):
+        conn.shell(stdin=read_end, on_output=lambda data: None)
     os.close(read_end)
     assert refused.value.code == "denied"
 
@@ -495,9 +493,7 @@ def read_asciicast(path: Path) -> tuple[dict[str, Any], list[list[Any]]]:
 def test_recording_is_asciicast_v2_and_replays_the_typed_commands(
     daemon_factory, client_home, terminals
 ):
-    daemon = daemon_factory(
-        {"ops": client_entry(client_home, shell=True)}, shell={"record": True}
-    )
+    daemon = daemon_factory({"ops": client_entry(client_home, shell=True)}, shell={"record": True})
     terminal = terminals(
         client_home, "shell", "--run-id", "CHG-4711", daemon.address, rows=30, cols=90
     )
@@ -525,9 +521,7 @@ def test_recording_is_asciicast_v2_and_replays_the_typed_commands(
 
 
 def test_recording_refuses_the_shell_when_the_file_cannot_be_made(daemon_factory, client_home):
-    daemon = daemon_factory(
-        {"ops": client_entry(client_home, shell=True)}, shell={"record": True}
-    )
+    daemon = daemon_factory({"ops": client_entry(client_home, shell=True)}, shell={"record": True})
     sessions = Path(daemon.config["state_dir"]) / "sessions"
     sessions.symlink_to("/tmp")  # not followed: refused rather than written elsewhere
     marker = new_marker()
