@@ -17,6 +17,7 @@ import select
 import signal
 import stat
 import struct
+import subprocess
 import termios
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from support import (
     new_marker,
     processes_with,
     run_cli,
+    start_cli,
     wait_for_processes,
     wait_until,
     wait_until_gone,
@@ -536,3 +538,43 @@ def home_path(home: Any) -> Any:
     from radmin.client import ClientOptions
 
     return ClientOptions(home)
+
+
+def test_a_full_disk_ends_the_recording_not_the_session(
+    daemon_factory, client_home, terminals, tmpfs
+):
+    daemon = daemon_factory({"ops": client_entry(client_home, shell=True)}, shell={"record": True})
+    sessions = Path(daemon.config["state_dir"]) / "sessions"
+    tmpfs(str(sessions.relative_to(daemon.folder.parent)), "size=64k")
+    terminal = terminals(client_home, "shell", daemon.address)
+    terminal.ready()
+    terminal.run(b"head -c 300000 /dev/zero | tr '\\0' x; echo; echo done-$((40 + 2))", b"done-42")
+    terminal.run(b"echo still-$((40 + 3))", b"still-43")
+    terminal.type(b"exit\r")
+    assert terminal.wait() == 0
+    failed = daemon.wait_for_event(lambda e: e.get("event") == "shell_recording_failed")
+    assert "No space left" in failed["error"]
+
+
+def test_ctrl_c_with_piped_input_ends_the_remote_session(shell_daemon, client_home):
+    marker = new_marker()
+    proc = start_cli(
+        client_home,
+        "shell",
+        shell_daemon.address,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(f"sleep {marker}\n".encode())
+        proc.stdin.flush()
+        wait_for_processes(marker, 1, exclude=(proc.pid,), timeout=TIMEOUT)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=TIMEOUT) == 130
+        wait_until_gone(marker, TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

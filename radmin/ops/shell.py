@@ -37,6 +37,7 @@ import struct
 import subprocess
 import termios
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +97,9 @@ def run(request: Request) -> Outcome:
     try:
         with request.usage.hold(client.name, "processes", limit):
             proc, master, slave = spawn_shell(shell, user, env, (params.rows, params.cols))
-            pump = ShellPump(request.conn, proc, (master, slave), config.limits, recording)
+            pump = ShellPump(
+                request.conn, proc, (master, slave), config.limits, recording, request.log
+            )
             try:
                 request.conn.send_json(
                     FrameType.PROCEED,
@@ -295,6 +298,7 @@ class ShellPump:
         terminal: tuple[int, int],
         limits: Limits,
         recording: Recording | None,
+        log: Any,
     ):
         self.conn = conn
         self.proc = proc
@@ -306,6 +310,7 @@ class ShellPump:
         self.eof_check_at: float | None = None  # when to look whether ^D may be typed
         self.shell_waiting_since: float | None = None
         self.recording = recording
+        self.log = log  # the request's logger: a failed recording is reported there
         self.idle_timeout = limits.idle_timeout
         self.kill_grace = limits.kill_grace
         self.started = time.monotonic()
@@ -422,8 +427,7 @@ class ShellPump:
         if self.master is not None:
             with contextlib.suppress(OSError):
                 set_window_size(self.master, rows, cols)
-        if self.recording is not None:
-            self.recording.resize(rows, cols)
+        self._record(lambda recording: recording.resize(rows, cols))
 
     # -- the terminal ------------------------------------------------------------------
 
@@ -461,8 +465,19 @@ class ShellPump:
             return
         self.bytes_out += len(data)
         self.conn.queue(FrameType.STDOUT, data)
-        if self.recording is not None:
-            self.recording.output(data)
+        self._record(lambda recording: recording.output(data))
+
+    def _record(self, write: Callable[[Recording], None]) -> None:
+        """Append to the recording; a write that fails (disk full) ends the recording,
+        logged, not the user's session."""
+        if self.recording is None:
+            return
+        try:
+            write(self.recording)
+        except OSError as exc:
+            self.log.error("shell_recording_failed", path=str(self.recording.path), error=str(exc))
+            self.recording.close()
+            self.recording = None
 
     def _consumed(self, count: int) -> None:
         """Input bytes left our buffer: grant the client that much more, in batches."""
