@@ -578,3 +578,9 @@ def test_ctrl_c_with_piped_input_ends_the_remote_session(shell_daemon, client_ho
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_no_input_at_all_ends_the_shell_at_its_first_prompt(shell_daemon, client_home):
+    done = run_cli(client_home, "shell", shell_daemon.address, input=b"")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert b"logout" in done.stdout

@@ -55,7 +55,7 @@ DEFAULT_ROWS, DEFAULT_COLS = 24, 80
 # PTY once the session has been ended (a process that left the session may hold it).
 DRAIN_AFTER_EXIT = 1.0
 EOF_POLL = 0.05  # seconds between looks at whether the shell waits for input (^D)
-EOF_SETTLE = 0.3  # how long a canonical-mode shell must wait before ^D is typed
+EOF_SETTLE = 0.3  # how long a canonical-mode shell must sit idle before ^D is typed
 _HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
 _WINSIZE = struct.Struct("HHHH")
 
@@ -309,6 +309,7 @@ class ShellPump:
         os.set_blocking(terminal[0], False)
         self.eof_check_at: float | None = None  # when to look whether ^D may be typed
         self.shell_waiting_since: float | None = None
+        self.shell_activity: int | None = None  # the shell's CPU ticks while it sleeps
         self.recording = recording
         self.log = log  # the request's logger: a failed recording is reported there
         self.idle_timeout = limits.idle_timeout
@@ -464,6 +465,7 @@ class ShellPump:
             self._close_master()
             return
         self.bytes_out += len(data)
+        self.shell_waiting_since = None  # something is still happening: no ^D yet
         self.conn.queue(FrameType.STDOUT, data)
         self._record(lambda recording: recording.output(data))
 
@@ -537,10 +539,12 @@ class ShellPump:
         before read, or the ^D would go to a command, or be lost.
 
         A ^D reaching a terminal in canonical mode becomes an end-of-file marker that
-        readline (bash, which reads in raw mode) never sees: so with the terminal in
-        raw mode (readline at its prompt) it is typed at once; in canonical mode (dash,
-        or `read`) once that has lasted EOF_SETTLE, since bash passes through canonical
-        mode for an instant between two commands.
+        readline (bash reads in raw mode) never sees if it switches to raw mode later:
+        so with the terminal in raw mode (readline at its prompt) it is typed at once.
+        In canonical mode (dash, `read`, or bash still starting up, maybe waiting for a
+        command of its profile) only once the shell has sat asleep in a terminal read
+        (its wchan, where the kernel shows it), using no CPU and printing nothing, for
+        EOF_SETTLE.
         """
         self.eof_check_at = None
         if self.status is not None or self.master is None or self.slave is None:
@@ -549,11 +553,15 @@ class ShellPump:
         if self.input_pending or not self._shell_waits():
             self.shell_waiting_since = None
             return
-        canonical = bool(termios.tcgetattr(self.slave)[3] & termios.ICANON)
-        if self.shell_waiting_since is None:
-            self.shell_waiting_since = now
-        if canonical and now - self.shell_waiting_since < EOF_SETTLE:
-            return
+        if termios.tcgetattr(self.slave)[3] & termios.ICANON:
+            activity = _activity(self.sid)
+            if activity is None or activity != self.shell_activity or not _may_read_tty(self.sid):
+                self.shell_activity = activity
+                self.shell_waiting_since = None
+            if self.shell_waiting_since is None:
+                self.shell_waiting_since = now
+            if now - self.shell_waiting_since < EOF_SETTLE:
+                return
         os.write(self.master, _eof_character(self.slave))
         self.eof_written = True
         self.eof_check_at = None
@@ -621,6 +629,30 @@ class ShellPump:
             "resizes": self.resizes,
             "pid": self.proc.pid,
         }
+
+
+def _activity(pid: int) -> int | None:
+    """The process's CPU ticks (utime + stime) if it is asleep (state S), else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        fields_after = stat[stat.rindex(b")") + 2 :].split()
+    except (OSError, ValueError):
+        return None
+    if fields_after[0] != b"S":
+        return None
+    return int(fields_after[11]) + int(fields_after[12])
+
+
+def _may_read_tty(pid: int) -> bool:
+    """False if the kernel shows the process asleep elsewhere than in a terminal read
+    (waiting for a child, sleeping); True if in one, or if the kernel does not say."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            wchan = f.read().strip()
+    except OSError:
+        return True
+    return wchan in ("", "0", "n_tty_read", "wait_woken")
 
 
 def _eof_character(fd: int) -> bytes:
