@@ -584,3 +584,17 @@ def test_no_input_at_all_ends_the_shell_at_its_first_prompt(shell_daemon, client
     done = run_cli(client_home, "shell", shell_daemon.address, input=b"")
     assert done.returncode == 0, done.stdout + done.stderr
     assert b"logout" in done.stdout
+
+
+def test_a_run_as_without_a_login_shell_gets_what_its_passwd_shell_does(
+    daemon_factory, client_home
+):
+    """As with ssh: the passwd entry's shell runs, and nologin says no."""
+    user = pwd.getpwnam("nobody")
+    if not user.pw_shell.endswith("nologin"):
+        pytest.skip("nobody has a login shell on this host")
+    entry = client_entry(client_home, exec_allow=(), put_allow=(), run_as="nobody", shell=True)
+    daemon = daemon_factory({"ops": entry})
+    done = run_cli(client_home, "shell", daemon.address, input=b"id\n")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert b"not available" in done.stdout
