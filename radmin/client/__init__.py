@@ -13,7 +13,8 @@ CLI), `RemoteError` with the daemon's code, `Cancelled`, `LocalFileError`,
 `CommandFailed`. docs/api.md has the whole surface.
 
 The modules: `options` (identity, trust, per-run caches), `connection` (TCP, TLS,
-host key, hello, frames, the one error map), `exec` and `put` (one per operation).
+host key, hello, frames, the one error map), `exec`, `put` and `shell` (one per
+operation).
 """
 
 from __future__ import annotations
