@@ -286,14 +286,18 @@ def test_a_killed_client_ends_the_remote_shells_whole_session(shell_daemon, clie
     terminal = terminals(client_home, "shell", shell_daemon.address)
     terminal.ready()
     # Each job in its own process group: a background job, one that ignores SIGHUP and
-    # SIGTERM, a stopped one, and one in the foreground.
+    # SIGTERM, a stopped one (stopped from here: bash's own `kill -STOP %3` right before
+    # a foreground job sometimes leaves that job unstarted), and one in the foreground.
     terminal.run(f"sleep {background} &".encode(), b"")
     terminal.run(f"sh -c \"trap '' HUP TERM; sleep {stubborn}\" &".encode(), b"")
     terminal.run(f"sleep {stopped} &".encode(), b"")
-    terminal.run(b"kill -STOP %3", b"")
+    markers = (background, stubborn, stopped, foreground)
+    pids = [
+        wait_for_processes(m, 1, exclude=(terminal.pid,), timeout=TIMEOUT)[0] for m in markers[:3]
+    ]
+    os.kill(pids[2], signal.SIGSTOP)
     terminal.type(f"sleep {foreground}\r".encode())
-    markers = (foreground, background, stubborn, stopped)
-    pids = [wait_for_processes(m, 1, exclude=(terminal.pid,), timeout=TIMEOUT)[0] for m in markers]
+    pids.append(wait_for_processes(foreground, 1, exclude=(terminal.pid,), timeout=TIMEOUT)[0])
     sessions = {session_of(pid) for pid in pids}
     groups = {os.getpgid(pid) for pid in pids}
     assert len(sessions) == 1 and len(groups) == 4, "one session, a process group per job"
