@@ -488,6 +488,18 @@ class LogSettings:
     )
 
 
+@dataclass(frozen=True)
+class ShellSettings:
+    record: bool = setting(
+        _boolean,
+        False,
+        "Record every radmin-cli shell session as asciicast v2 (playable by asciinema "
+        "play) in state_dir/sessions/RUN_ID-CLIENT-TIMESTAMP.cast, mode 0600; the "
+        "daemon logs each file's path with the run id.",
+        "false",
+    )
+
+
 CLIENT_SCHEMA: Schema = {
     "cert": Setting(
         _client_cert,
@@ -572,10 +584,11 @@ SCHEMA: Schema = {
         _path,
         Path("/var/lib/radmin"),
         "Daemon state (the journal of in-flight uploads and running commands, the lock "
-        "that keeps a second daemon out), made at start if missing; "
+        "that keeps a second daemon out; recorded shells in sessions/), made at start if missing; "
         "relative to this file if relative.",
         "/var/lib/radmin",
     ),
+    "shell": section(ShellSettings),
     "limits": section(Limits),
     "log": section(LogSettings),
     # Last, so that the block `radmin-cli keygen` prints can be appended to the file.
@@ -620,6 +633,7 @@ class Config:
     # Problems that do not stop the daemon (`check` prints them on stderr): rules that
     # can never match, a run_as client with "*", certificates past their dates.
     warnings: tuple[str, ...] = ()
+    shell: ShellSettings = field(default_factory=ShellSettings)
 
     def client_named(self, name: str) -> ClientPolicy | None:
         return next((c for c in self.clients.values() if c.name == name), None)
@@ -771,6 +785,7 @@ def load_config(path: Path) -> Config:
         log=build(LogSettings, values["log"]),
         clients=MappingProxyType(clients),
         warnings=tuple(walker.warnings),
+        shell=build(ShellSettings, values["shell"]),
     )
 
 

@@ -36,7 +36,10 @@ def describe(client: ClientPolicy) -> list[str]:
         lines.append("cwd (--cwd): anywhere")
     lines.append(f"put: {_patterns(client.allow_put)}")
     lines.append(f"get: {_patterns(client.allow_get)}")
-    lines.append(f"shell: {'yes' if client.allow_shell else 'no'}")
+    if client.allow_shell:
+        lines.append(f"shell: yes, {user}'s login shell on a PTY (any command, as exec '*')")
+    else:
+        lines.append("shell: no (allow.shell is not true)")
     return lines
 
 

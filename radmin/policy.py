@@ -261,3 +261,14 @@ def path_pattern_warnings(pattern: str) -> list[str]:
     if any(ch in pattern for ch in "[]{}"):
         warnings.append(f"{pattern!r}: [ ] {{ }} are literal characters here, not globs")
     return warnings
+
+
+# -- shell -------------------------------------------------------------------------------
+
+
+def shell_verdict(allowed: bool) -> Verdict:
+    """May a client open an interactive shell? Only with `allow.shell: true`: a login
+    shell runs anything its user can, so it is as powerful as `allow.exec: ["*"]`."""
+    if not allowed:
+        return Verdict(False, None, "allow.shell is not true for this client")
+    return Verdict(True, "shell", "allow.shell is true")

@@ -87,6 +87,8 @@ class FrameType(IntEnum):
     WINDOW = 0x07  # JSON, daemon -> client: this many more STDIN bytes may be sent
     DIGEST = 0x08  # JSON, client -> daemon: the SHA-256 of a put's content
     HEARTBEAT = 0x09  # empty, both ways after the hello: "still here"; dropped on receipt
+    # 0x0A is kept free (get needed no frame of its own).
+    RESIZE = 0x0B  # JSON, client -> daemon: a shell's new window size {rows, cols}
     STDIN = 0x10  # bytes, client -> daemon
     STDOUT = 0x11  # bytes, daemon -> client
     STDERR = 0x12  # bytes, daemon -> client
@@ -104,6 +106,7 @@ CONTROL_TYPES = frozenset(
         FrameType.CANCEL,
         FrameType.WINDOW,
         FrameType.DIGEST,
+        FrameType.RESIZE,
     }
 )
 _KNOWN_TYPES = {int(t): t for t in FrameType}

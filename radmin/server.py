@@ -44,6 +44,7 @@ from radmin.ops import exec as exec_op
 from radmin.ops import get as get_op
 from radmin.ops import ping as ping_op
 from radmin.ops import put as put_op
+from radmin.ops import shell as shell_op
 from radmin.protocol import Frame, FrameSocket, FrameType, heartbeat_interval, wait_ready
 from radmin.running import RunningCommands
 from radmin.startups import LogThrottle, StartupLimits, Startups, source_key
@@ -59,6 +60,7 @@ OPERATIONS: dict[str, Callable[[Request], Outcome]] = {
     "exec": exec_op.run,
     "put": put_op.run,
     "get": get_op.run,
+    "shell": shell_op.run,
 }
 
 

@@ -38,6 +38,7 @@ CONTRACT_KEYS = [
     "clients.NAME.allow.put",
     "clients.NAME.run_as",
     "put.default_dir",
+    "shell.record",
     "limits.max_connections",
     "limits.handshake_timeout",
     "limits.exec_timeout",
@@ -306,6 +307,12 @@ BAD_VALUES = {
         ('put: ["/srv/**", "/tmp/**"]', 'put: []\n      shell: 1'),
         "shell:",
         "clients.ops.allow.shell",
+        ("true or false",),
+    ),
+    "shell_record_not_a_boolean": (
+        ("log:\n", "shell:\n  record: sometimes\nlog:\n"),
+        "record:",
+        "shell.record",
         ("true or false",),
     ),
     "a_duplicate_key": (

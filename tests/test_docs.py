@@ -9,9 +9,9 @@ the doc implies: 0, unless its comment says `exit status N`.
 The world the lines run in (`world` below) is made the way docs/install.md makes it:
 `radmind init`, then the block `radmin-cli fingerprint --paste` prints, appended to
 radmind.yaml for install.md's client (as printed: least privilege), and an `ops` client
-with `exec: ["*"]` for the README's examples (its rules "widened as needed"). One
-radmind serves every host name the docs use; the client's config.yaml is the repo's
-example, config/config.yaml, with its documentation addresses mapped as below.
+with `exec: ["*"]` and `shell: true` for the README's examples (its rules "widened as
+needed"). One radmind serves every host name the docs use; the client's config.yaml is
+the repo's example, config/config.yaml, with its documentation addresses mapped as below.
 
 What is replaced, and why (nothing else is; the constants below are the table):
 
@@ -252,6 +252,7 @@ def _server_config(root: Path, install_home: ClientHome, ops_home: ClientHome) -
     ops_block = (
         f"  ops:\n    cert: {ops_home.cert}\n    allow:\n"
         f'      exec: ["*"]\n      put: ["/**"]\n      get: ["/var/log/**"]\n'
+        "      shell: true\n"
     )
     config = etc / "radmind.yaml"
     text = config.read_text() + paste.stdout.decode() + ops_block

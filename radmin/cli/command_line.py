@@ -160,6 +160,11 @@ def _fanout_options(sub: argparse.ArgumentParser, rolling: bool = True) -> None:
         metavar="ID",
         help="this run's id in every daemon's log (default: 12 random hex characters)",
     )
+    _connection_options(sub)
+
+
+def _connection_options(sub: argparse.ArgumentParser) -> None:
+    """How to reach and trust a host: every command that connects (fan-out or shell)."""
     sub.add_argument(
         "--strict-host-key", action="store_true", help="refuse hosts not in known_hosts"
     )
@@ -276,7 +281,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="absolute; ending in / = inside that folder; default: the daemon's put.default_dir",
     )
     get = _get_parser(commands)
-    return parser, {"ping": ping, "exec": run, "put": put, "get": get}
+    shell = _shell_parser(commands)
+    return parser, {"ping": ping, "exec": run, "put": put, "get": get, "shell": shell}
 
 
 def _get_parser(commands: Any) -> argparse.ArgumentParser:
@@ -299,8 +305,29 @@ def _get_parser(commands: Any) -> argparse.ArgumentParser:
     return get
 
 
+def _shell_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """`shell [OPTIONS] HOST`: one host, so none of the fan-out's -p, --json."""
+    shell = commands.add_parser(
+        "shell",
+        help="interactive login shell on one host, on a real PTY (like ssh -t)",
+        usage="radmin-cli shell [OPTIONS] HOST",
+        allow_abbrev=False,
+    )
+    shell.add_argument(
+        "-v", "--verbose", action="store_true", help="print the run id and the host on stderr"
+    )
+    shell.add_argument(
+        "--run-id", type=_run_id_arg, metavar="ID", help="this session's id in the daemon's log"
+    )
+    _connection_options(shell)
+    shell.add_argument("hosts", metavar="HOST", help="host[:port] or alias")
+    return shell
+
+
 # Commands whose options may come after their operands; exec's COMMAND starts after HOSTS.
-_OPERANDS_BEFORE_COMMAND = {"exec": 1, "put": None, "ping": None, "get": None}
+_OPERANDS_BEFORE_COMMAND = {"exec": 1, "put": None, "ping": None, "get": None, "shell": None}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -106,6 +106,10 @@ def _command(name: str) -> Any:
         from radmin.cli import fanout_commands
 
         return getattr(fanout_commands, f"{name}_command")
+    if name == "shell":
+        from radmin.cli.shell_command import shell_command
+
+        return shell_command
     return {"keygen": _keygen, "fingerprint": _fingerprint}[name]
 
 

@@ -13,7 +13,7 @@ CLI), `RemoteError` with the daemon's code, `Cancelled`, `LocalFileError`,
 `CommandFailed`. docs/api.md has the whole surface.
 
 The modules: `options` (identity, trust, per-run caches), `connection` (TCP, TLS,
-host key, hello, frames, the one error map), `exec`, `put` and `get` (one per
+host key, hello, frames, the one error map), `exec`, `put`, `get` and `shell` (one per
 operation; `landing` is where a download lands).
 """
 
@@ -25,6 +25,7 @@ from radmin.client.exec import ExecResult
 from radmin.client.get import GetResult
 from radmin.client.options import ClientOptions
 from radmin.client.put import PutResult
+from radmin.client.shell import ShellResult
 from radmin.errors import (
     Cancelled,
     CommandFailed,
@@ -65,6 +66,7 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "ReplyTimeout",
+    "ShellResult",
     "TransportError",
     "TrustError",
     "Unreachable",

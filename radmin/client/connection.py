@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
     from radmin.client.get import GetResult
     from radmin.client.options import ClientOptions
+    from radmin.client.shell import ShellResult
     from radmin.hosts import Target
 
 # TLS alerts a daemon sends when our certificate is not in its clients: section.
@@ -422,3 +423,17 @@ class Connection:
         from radmin.client.get import get_file
 
         return get_file(self, remote_path, local_path, **options)
+
+    def shell(self, *, stdin: int, on_output: Any, **options: Any) -> ShellResult:
+        """The run_as user's login shell on a PTY on the host, until it exits.
+
+        `stdin`: a file descriptor whose bytes are typed into the shell (at its end, ^D);
+        `on_output`: called with the terminal's output as it comes. Keywords: term (the
+        TERM to set), window_size (a callable returning (rows, cols)), resize_fd (when
+        readable, window_size() is asked again and a change sent), on_start (called
+        once the daemon started the shell: the moment to put a terminal in raw mode).
+        Needs `allow.shell: true` on the daemon (else RemoteError, code `denied`).
+        """
+        from radmin.client.shell import open_shell
+
+        return open_shell(self, stdin=stdin, on_output=on_output, **options)

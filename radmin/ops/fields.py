@@ -20,6 +20,9 @@ from radmin.errors import BadRequest
 from radmin.policy import ENV_NAME
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# A terminal type as terminfo names them (xterm-256color, screen.xterm, rxvt-unicode):
+# no '/', since programs look the name up as a file under /usr/share/terminfo.
+_TERMINAL_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,22 @@ def _file_name(value: Any) -> str:
     return text
 
 
+def _terminal_type(value: Any) -> str:
+    if not isinstance(value, str) or not _TERMINAL_TYPE.fullmatch(value):
+        raise ValueError(
+            f"expected a terminal type like xterm-256color (letters, digits, . _ + -), "
+            f"got {value!r}"[:200]
+        )
+    return value
+
+
+def _terminal_size(value: Any) -> int:
+    """Rows or columns: what struct winsize holds (an unsigned short), zero excluded."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"expected a whole number from 1 to 65535, got {value!r}")
+    return value
+
+
 TEXT = Kind(_text, "string")
 ABSOLUTE_PATH = Kind(_absolute_path, "absolute path")
 PATH = Kind(_text, "path")
@@ -148,3 +167,5 @@ MODE = Kind(_mode, "integer 0-4095 (07777)")
 SHA256 = Kind(_sha256, "64 hex digits")
 FILE_NAME = Kind(_file_name, "file name")
 NAME = Kind(_text, "user or group name")
+TERMINAL_TYPE = Kind(_terminal_type, "terminal type ([A-Za-z0-9._+-], at most 64)")
+TERMINAL_SIZE = Kind(_terminal_size, "integer 1-65535")
