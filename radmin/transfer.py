@@ -333,16 +333,3 @@ def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
     from radmin.hashing import version_key
 
     return version_key(a) == version_key(b)
-
-
-def peer_has_spoken(frames: FrameSocket) -> bool:
-    """Has the receiver sent something (its early answer, a CANCEL) while we send?
-    TLS may hold decrypted bytes poll() cannot see: those count too."""
-    import select
-    import ssl
-
-    from radmin.protocol import wait_ready
-
-    sock = frames.sock
-    pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
-    return bool(pending) or bool(wait_ready({sock.fileno(): select.POLLIN}, 0))

@@ -653,3 +653,40 @@ def test_get_progress_bar_on_a_terminal_only(host, client_home, local, big_file)
     (local / "big.bin").unlink()
     piped = run_cli(client_home, "get", host, str(big_file), f"{local}/")
     assert piped.returncode == 0 and piped.stderr == b""
+
+
+# -- heartbeats ------------------------------------------------------------------------
+
+
+def test_get_from_a_frozen_daemon_exits_255_within_three_heartbeats(
+    daemon, host, client_home, remote, local
+):
+    source = remote / "sparse.bin"
+    with open(source, "wb") as f:
+        f.truncate(1024**3)  # read fast, sent for seconds
+    old = write(local / "sparse.bin", b"old content\n")
+    proc = start_get(client_home, "--heartbeat-interval", "0.5", host, str(source), f"{local}/")
+    try:
+        wait_until(lambda: receiving(proc.pid, local), 20, "the download to start")
+        os.kill(daemon.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            assert proc.wait(timeout=15) == 255
+            took = time.monotonic() - started
+        finally:
+            os.kill(daemon.proc.pid, signal.SIGCONT)
+    finally:
+        stop_process(proc)
+    assert took < 1.5 + 4.0  # three intervals, and a loaded machine
+    assert b"no answer from" in proc.stderr.read()
+    assert old.read_bytes() == b"old content\n"
+    assert sorted(p.name for p in local.iterdir()) == ["sparse.bin"]
+
+
+def test_get_longer_than_three_heartbeat_intervals_succeeds(host, client_home, remote, local):
+    source = remote / "sparse.bin"
+    with open(source, "wb") as f:
+        f.truncate(256 * MiB)
+    got = run_cli(client_home, "get", "--heartbeat-interval", "0.1", host, str(source), f"{local}/")
+    assert got.returncode == 0, got.stderr
+    assert (local / "sparse.bin").stat().st_size == 256 * MiB

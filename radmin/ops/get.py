@@ -30,7 +30,6 @@ from radmin.protocol import FrameType
 from radmin.transfer import (
     FileShrank,
     TransferFailed,
-    peer_has_spoken,
     receive_digest,
     send_file,
 )
@@ -207,7 +206,7 @@ def _send(request: Request, path: str, source: Source, known: str | None) -> Out
 
     try:
         sent = send_file(
-            source.fd, source.size, send_chunk, lambda: peer_has_spoken(conn), hash_it=not known
+            source.fd, source.size, send_chunk, conn.frame_pending, hash_it=not known
         )
     except OSError as exc:  # reading the file (FileShrank: it got shorter)
         request.audit["bytes"] = None
