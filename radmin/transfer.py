@@ -5,9 +5,14 @@ daemon now, and for get on the client next: the same code for both directions.
             FolderAccess, so as the run_as user) -> reserve its space -> fill it ->
             fsync -> rename over the destination. Any failure: the temporary file is
             removed (by directory descriptor) and the destination is untouched.
-    Receiver.fill(): FILE_DATA frames hashed and written by a second thread (hashlib
-            and os.write release the GIL, so the second core works while this one
-            decrypts TLS), then the SHA-256 compared with the sender's.
+    Receiver.fill(): each FILE_DATA payload received straight into one of a few reused,
+            page-aligned 1 MiB buffers (FrameSocket.recv_data_into: no copy), hashed
+            and written by a second thread (hashlib and os.write release the GIL, so
+            the second core works while this one decrypts TLS) -- with O_DIRECT where
+            the file system allows it, so no page-cache copy and no fsync tail -- then
+            the SHA-256 compared with the sender's, then fsync.
+    send_file(): read into reused buffers, hashed on a second thread while this one
+            encrypts and sends.
 
 It knows nothing of who asked or of policy; callers decide where and with which rights.
 """

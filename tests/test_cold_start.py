@@ -14,10 +14,10 @@ import subprocess
 import sys
 
 import pytest
+from support import RADMIN_CLI, cli_env
 
 from radmin.cli.command_line import parse
 from radmin.cli.fast_path import plain_command
-from tests.support import RADMIN_CLI, cli_env
 
 # Never on the path of a plain exec: each is milliseconds, some tens of them.
 HEAVY = {
