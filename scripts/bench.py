@@ -656,7 +656,7 @@ class Bench:
             f'    allow: {{exec: ["*"], put: ["{self.put_dir}/**"]}}\n'
             f"put: {{default_dir: {self.put_dir}}}\n"
             f"state_dir: {self.work / 'radmind-state'}\n"
-            "limits: {shutdown_grace: 5}\n"
+            "limits: {shutdown_grace: 5, per_client: {max_connections: 1000}}\n"
             f"log: {{level: info, format: json, file: {self.work / 'radmind.log'}}}\n"
         )
         (self.work / "radmind-state").mkdir(exist_ok=True)
