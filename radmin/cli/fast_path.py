@@ -56,7 +56,11 @@ def entry() -> NoReturn:
     if argv == ["--version"]:
         from radmin import __version__
 
-        sys.stdout.write(f"radmin-cli {__version__}\n")
+        try:
+            if sys.stdout is not None:  # started with stdout closed (`>&-`): say nothing
+                sys.stdout.write(f"radmin-cli {__version__}\n")
+        except BrokenPipeError:
+            _exit(141)
         _exit(0)
     from radmin.cli.radmin_cli import main
 
