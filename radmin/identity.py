@@ -8,8 +8,7 @@ should take. Key generation does use `cryptography`, imported lazily.
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import binascii
 import os
 import re
 import threading
@@ -108,8 +107,19 @@ def validity(cert_der: bytes) -> tuple[datetime.datetime, datetime.datetime]:
 
 def fingerprint(cert_der: bytes) -> str:
     """`SHA256:` + unpadded base64 of SHA-256(SPKI): the form OpenSSH users know."""
-    digest = hashlib.sha256(spki_der(cert_der)).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    digest = _sha256(spki_der(cert_der))
+    return "SHA256:" + binascii.b2a_base64(digest, newline=False).decode().rstrip("=")
+
+
+def _sha256(data: bytes) -> bytes:
+    """SHA-256 without importing hashlib on radmin-cli's start-up path: at import it
+    builds a constructor for every algorithm it knows (about 3 ms of OpenSSL 3 look-ups
+    per run), and a connection needs SHA-256 only. _hashlib is what hashlib.sha256 is."""
+    try:
+        from _hashlib import openssl_sha256 as sha256
+    except ImportError:  # a Python built without OpenSSL's hashes
+        from hashlib import sha256
+    return sha256(data).digest()
 
 
 def pem_to_der(pem: bytes) -> bytes:
@@ -118,9 +128,19 @@ def pem_to_der(pem: bytes) -> bytes:
     if match is None:
         raise ValueError("no PEM certificate (-----BEGIN CERTIFICATE-----) found")
     try:
-        return base64.b64decode(b"".join(match.group(1).split()), validate=True)
-    except ValueError:
+        return _b64decode_strict(b"".join(match.group(1).split()))
+    except (ValueError, binascii.Error):
         raise ValueError("PEM certificate is not valid base64") from None
+
+
+def _b64decode_strict(data: bytes) -> bytes:
+    """base64.b64decode(data, validate=True) without importing base64 (start-up path)."""
+    try:
+        return binascii.a2b_base64(data, strict_mode=True)
+    except TypeError:  # Python 3.10: no strict_mode
+        import base64
+
+        return base64.b64decode(data, validate=True)
 
 
 def cert_file_fingerprint(path: Path) -> str:

@@ -63,6 +63,8 @@ _SEND_CHUNK = 256 * 1024
 # Seconds a frame whose first byte has arrived may take to arrive whole (the daemon's
 # limits.frame_timeout overrides it).
 FRAME_TIMEOUT = 30.0
+# How far a wait for bulk data may run past a frame's deadline (see _receive_payload).
+_TIMEOUT_SLACK = 0.05
 # Strict JSON: no radmin message nests deeper, and no count it carries has more digits
 # (2**64 has 20).
 MAX_DEPTH = 32
@@ -590,6 +592,115 @@ class FrameSocket:
     def sock_pending(self) -> int:
         """Decrypted bytes TLS holds that poll() cannot see."""
         return self.sock.pending() if isinstance(self.sock, ssl.SSLSocket) else 0
+
+    def recv_data_into(
+        self, sink: memoryview, data_type: FrameType, deadline: float | None = None
+    ) -> Frame | int:
+        """Receive the next frame: a `data_type` frame's payload lands in `sink` (its
+        length is returned); any other frame is returned as a Frame, as recv_frame would.
+
+        For bulk data (put, get). recv_frame reads a 1 MiB payload through the receive
+        buffer, parsing the header again at every 16 KiB TLS record, and the caller then
+        copies it out; here the header is parsed once, the payload goes straight into
+        the caller's reused buffer with one recv_into per record, and no copy is made.
+        `sink` must hold max_payload(data_type) bytes. Same bounds as recv_frame.
+        """
+        idle = self.sock.gettimeout()
+        idle_deadline = None if idle is None else time.monotonic() + idle
+        try:
+            while True:
+                available = self._end - self._start
+                if available >= HEADER.size:
+                    frame_type, length = parse_header(
+                        self._view[self._start : self._start + HEADER.size]
+                    )
+                    if frame_type is data_type:
+                        break
+                    frame = self._frame_from_buffer()  # HEARTBEATs are dropped here
+                    if frame is not None:
+                        return frame
+                    continue
+                self._frame_begun(available)
+                if self._receive_between_frames(deadline, idle_deadline) == 0:
+                    raise self._eof()
+        finally:
+            self.sock.settimeout(idle)
+        if self._watching and self._heartbeat_due(time.monotonic()):
+            self._send_heartbeat()  # a receiver that only receives still says it is here
+        if length > len(sink):
+            raise ValueError(f"a sink of {len(sink)} bytes for a {length}-byte payload")
+        self._frame_begun(available)
+        self._start += HEADER.size
+        buffered = min(self._end - self._start, length)
+        sink[:buffered] = self._view[self._start : self._start + buffered]
+        self._start += buffered
+        if buffered < length:
+            self._receive_payload(sink[buffered:length], deadline)
+        self._frame_deadline = None
+        self.frames_received += 1
+        return length
+
+    def _receive_between_frames(self, deadline: float | None, idle_deadline: float | None) -> int:
+        """One recv while waiting for a frame's header: with heartbeats, through the
+        watched wait (beats sent, the peer's silence judged, Ctrl-C), as recv_frame."""
+        if not self._watching:
+            return self._receive_before(deadline)
+        limit = deadline
+        if idle_deadline is not None and self._end == self._start:
+            limit = idle_deadline if limit is None else min(limit, idle_deadline)
+        return self._receive_waiting(limit)
+
+    def _receive_payload(self, view: memoryview, deadline: float | None) -> None:
+        """recv_into `view` until it is full: the socket's timeout for each wait, and the
+        frame's deadline and the caller's for the whole.
+
+        settimeout() is a system call (ioctl FIONBIO): _receive_before makes two per TLS
+        record. Here the timeout is set once and lowered only when a deadline has come
+        more than _TIMEOUT_SLACK closer than it, so a wait overshoots a deadline by at
+        most that much."""
+        limit = self._frame_deadline
+        if limit is None or (deadline is not None and deadline < limit):
+            limit = deadline
+        idle = self.sock.gettimeout()
+        # With heartbeats, no single wait may outlast an interval: a peer frozen in the
+        # middle of a frame is judged by its silence, and our own beats still go out.
+        beat = self.heartbeat_interval
+        if beat is not None and (idle is None or beat < idle):
+            self.sock.settimeout(beat)
+        timeout = self.sock.gettimeout()
+        recv_into = self.sock.recv_into
+        monotonic = time.monotonic
+        try:
+            got, total = 0, len(view)
+            while got < total:
+                if limit is not None:
+                    remaining = limit - monotonic()
+                    if remaining <= 0:
+                        self._check_frame_deadline(monotonic())
+                        raise TimeoutError("no complete frame before the deadline")
+                    if timeout is None or remaining < timeout - _TIMEOUT_SLACK:
+                        timeout = remaining
+                        self.sock.settimeout(timeout)
+                try:
+                    n = recv_into(view[got:])
+                except TimeoutError:
+                    if limit is not None and timeout != idle:
+                        self._check_frame_deadline(monotonic())
+                    if beat is None:
+                        raise
+                    self._check_peer(monotonic())  # PeerSilent after three intervals
+                    if self._heartbeat_due(monotonic()):
+                        self._send_heartbeat()
+                    continue
+                if n == 0:
+                    raise ConnectionClosed(
+                        "connection closed in the middle of a frame (truncated)", truncated=True
+                    )
+                self.last_received = monotonic()
+                got += n
+        finally:
+            if self.sock.gettimeout() != idle:
+                self.sock.settimeout(idle)
 
     def recv_control(self, *expected: FrameType, deadline: float | None = None) -> Frame:
         """Receive a frame of one of the expected (control) types, not yet decoded."""

@@ -80,14 +80,23 @@ class UsageError(Exception):
 # -- main ---------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    from radmin.cli.command_line import parse
+def main(argv: list[str] | None = None, parsed: Any = None) -> int:
+    """radmin-cli. `parsed`: the command line already read by radmin/cli/fast_path.py
+    (its plain forms), else None: argparse reads `argv`."""
     from radmin.identity import ClientHome
 
-    args = parse(sys.argv[1:] if argv is None else argv)
+    if parsed is None:
+        from radmin.cli.command_line import parse
+
+        parsed = parse(sys.argv[1:] if argv is None else argv)
+    args = parsed
     home = ClientHome.resolve(args.home)
     try:
-        return _command(args.subcommand)(args, home)
+        command = _command(args.subcommand)
+        import gc
+
+        gc.enable()  # fast_path.entry() disables it while modules are imported
+        return command(args, home)
     except UsageError as exc:
         error(str(exc))
         return EXIT_USAGE
