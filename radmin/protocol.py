@@ -619,8 +619,10 @@ class FrameSocket:
                     frame = self._frame_from_buffer()  # HEARTBEATs are dropped here
                     if frame is not None:
                         return frame
-                    continue
-                self._frame_begun(available)
+                    if self._end - self._start < available:
+                        continue  # a HEARTBEAT went: look at what follows it
+                else:
+                    self._frame_begun(available)
                 if self._receive_between_frames(deadline, idle_deadline) == 0:
                     raise self._eof()
         finally:

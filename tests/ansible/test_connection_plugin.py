@@ -27,7 +27,6 @@ import pytest
 from docsupport import REPO, fenced_blocks
 from support import Daemon, client_entry, make_client_home, prepare_daemon, run_cli
 
-import radmin.client
 from radmin.identity import ClientHome, cert_file_fingerprint, create_identity
 
 pytest.importorskip("ansible", reason="ansible-core is in the test extra: pip install -e '.[test]'")
@@ -316,10 +315,6 @@ def test_copy_changed_then_ok(fleet):
     assert not list(fleet.remote_tmp.glob("ansible-tmp-*"))
 
 
-@pytest.mark.skipif(
-    not hasattr(radmin.client.Connection, "get"),
-    reason="radmin get (Connection.get) is built on another branch; enable after it merges",
-)
 def test_fetch_lands_each_hosts_file_locally(fleet, tmp_path):
     (fleet.work / "fetch-me").write_text("remote content\n")
     run = fleet.ansible(

@@ -327,11 +327,8 @@ class Connection(ConnectionBase):
         """radmin's get: verified, and written to a temporary file renamed into place."""
         super().fetch_file(in_path, out_path)
         display.vvv(f"FETCH {in_path} TO {out_path}", host=self._label)
-        get = getattr(self._radmin, "get", None)
-        if get is None:
-            raise AnsibleError("radmin: this radmin has no get; upgrade radmin to fetch files")
         with self._translated("fetch"):
-            get(in_path, out_path)
+            self._radmin.get(in_path, out_path)
 
     def close(self) -> None:
         if self._radmin is not None:
