@@ -183,15 +183,23 @@ class _ExecStream:
         callback = self.on_output.get(frame_type)
         if callback is not None:
             callback(bytes(payload))
-        elif frame_type is FrameType.WINDOW:
-            self.credit += int(_json(frame_type, payload).get("bytes", 0))
-        elif frame_type is FrameType.RESULT:
-            self.result = self.conn.check(_json(frame_type, payload))
-        elif frame_type is FrameType.ERROR:
-            message = _json(frame_type, payload)
-            raise RemoteProtocolError(f"daemon reported a protocol error: {message.get('message')}")
         else:
-            raise RemoteProtocolError(f"protocol error: unexpected {frame_type.name} during exec")
+            on_control_frame(self, frame_type, payload, "during exec")
+
+
+def on_control_frame(pump: Any, frame_type: FrameType, payload: memoryview, during: str) -> None:
+    """The frames every interactive operation (exec, shell) answers alike: WINDOW grants
+    `pump.credit`, RESULT sets `pump.result`, ERROR and anything else end the
+    connection as the daemon's protocol error."""
+    if frame_type is FrameType.WINDOW:
+        pump.credit += int(_json(frame_type, payload).get("bytes", 0))
+    elif frame_type is FrameType.RESULT:
+        pump.result = pump.conn.check(_json(frame_type, payload))
+    elif frame_type is FrameType.ERROR:
+        message = _json(frame_type, payload)
+        raise RemoteProtocolError(f"daemon reported a protocol error: {message.get('message')}")
+    else:
+        raise RemoteProtocolError(f"protocol error: unexpected {frame_type.name} {during}")
 
 
 def _json(frame_type: FrameType, payload: memoryview) -> dict[str, Any]:

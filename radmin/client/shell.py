@@ -16,8 +16,9 @@ import select
 import time
 from collections import namedtuple
 
+from radmin.client.exec import on_control_frame
 from radmin.errors import RemoteProtocolError, TransportError
-from radmin.protocol import HIGH_WATER, FrameType, decode_json, wait_ready
+from radmin.protocol import HIGH_WATER, FrameType, wait_ready
 
 # Annotations only: `typing` costs ~4 ms to import on radmin-cli's start-up path.
 TYPE_CHECKING = False
@@ -182,12 +183,5 @@ class _ShellStream:
     def _on_frame(self, frame_type: FrameType, payload: memoryview) -> None:
         if frame_type is FrameType.STDOUT:
             self.on_output(bytes(payload))
-        elif frame_type is FrameType.WINDOW:
-            self.credit += int(decode_json(frame_type, payload).get("bytes", 0))
-        elif frame_type is FrameType.RESULT:
-            self.result = self.conn.check(decode_json(frame_type, payload))
-        elif frame_type is FrameType.ERROR:
-            message = decode_json(frame_type, payload)
-            raise RemoteProtocolError(f"daemon reported a protocol error: {message.get('message')}")
         else:
-            raise RemoteProtocolError(f"protocol error: unexpected {frame_type.name} in a shell")
+            on_control_frame(self, frame_type, payload, "in a shell")

@@ -42,6 +42,33 @@ from radmin.ops import Outcome, OutOfDescriptors, Request, fields, out_of_descri
 from radmin.protocol import HIGH_WATER, FrameSocket, FrameType, wait_ready
 
 STDIN_WINDOW = 1024 * 1024  # stdin bytes a client may send ahead of the command's reads
+
+
+class InputWindow:
+    """Flow control of a client's STDIN (exec's, and the shell's typing): the client may
+    send STDIN_WINDOW bytes ahead of what the command has taken; each byte taken is
+    granted again, in WINDOW frames of at least a quarter window (not one per read)."""
+
+    def __init__(self) -> None:
+        self.granted = STDIN_WINDOW  # total STDIN bytes the client may have sent
+        self.received = 0
+        self.unacked = 0  # taken since the last WINDOW grant
+
+    def receive(self, count: int) -> None:
+        """Count arriving STDIN; a client past its grant breaks the protocol."""
+        self.received += count
+        if self.received > self.granted:
+            raise ProtocolError("client sent more input than the daemon's window allows")
+
+    def consumed(self, conn: FrameSocket, count: int) -> None:
+        """Input bytes left our buffer: grant the client that much more, in batches."""
+        self.unacked += count
+        if self.unacked >= STDIN_WINDOW // 4:
+            conn.queue_json(FrameType.WINDOW, {"bytes": self.unacked})
+            self.granted += self.unacked
+            self.unacked = 0
+
+
 READ_SIZE = 64 * 1024
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -323,9 +350,7 @@ class ProcessPump:
         self.stdin = proc.stdin
         os.set_blocking(self.stdin.fileno(), False)
         self.stdin_pending = bytearray()
-        self.stdin_granted = STDIN_WINDOW  # total STDIN bytes the client may have sent
-        self.stdin_received = 0
-        self.stdin_unacked = 0  # consumed since the last WINDOW grant
+        self.window = InputWindow()
         self.client_eof = False
         self.status: tuple[int | None, int | None] | None = None  # (exit code, signal)
         self.timed_out = False
@@ -417,9 +442,7 @@ class ProcessPump:
         if frame_type is FrameType.STDIN:
             if self.client_eof:
                 raise ProtocolError("STDIN after EOF")
-            self.stdin_received += len(payload)
-            if self.stdin_received > self.stdin_granted:
-                raise ProtocolError("client sent more stdin than the daemon's window allows")
+            self.window.receive(len(payload))
             if self.stdin.closed:
                 self._consumed(len(payload))
             else:
@@ -452,12 +475,7 @@ class ProcessPump:
         self.conn.queue(frame_type, data)
 
     def _consumed(self, count: int) -> None:
-        """Stdin bytes left our buffer: grant the client that much more, in batches."""
-        self.stdin_unacked += count
-        if self.stdin_unacked >= STDIN_WINDOW // 4:
-            self.conn.queue_json(FrameType.WINDOW, {"bytes": self.stdin_unacked})
-            self.stdin_granted += self.stdin_unacked
-            self.stdin_unacked = 0
+        self.window.consumed(self.conn, count)
 
     def _drop_stdin(self) -> None:
         self._consumed(len(self.stdin_pending))

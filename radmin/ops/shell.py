@@ -45,7 +45,13 @@ from radmin import policy
 from radmin.config import Limits
 from radmin.errors import ConnectionClosed, ProtocolError, RequestError
 from radmin.ops import Outcome, Request, fields, run_as_user
-from radmin.ops.exec import STDIN_WINDOW, command_env, command_nofile, reset_resources
+from radmin.ops.exec import (
+    STDIN_WINDOW,
+    InputWindow,
+    command_env,
+    command_nofile,
+    reset_resources,
+)
 from radmin.protocol import HIGH_WATER, Frame, FrameSocket, FrameType, wait_ready
 from radmin.recording import Recording, open_recording
 
@@ -324,9 +330,7 @@ class ShellPump:
         self.kill_grace = limits.kill_grace
         self.started = time.monotonic()
         self.input_pending = bytearray()
-        self.granted = STDIN_WINDOW  # total STDIN bytes the client may have sent
-        self.received = 0
-        self.unacked = 0
+        self.window = InputWindow()
         self.client_eof = False
         self.eof_written = False
         self.status: tuple[int | None, int | None] | None = None
@@ -412,9 +416,7 @@ class ShellPump:
         if kind is FrameType.STDIN:
             if self.client_eof:
                 raise ProtocolError("STDIN after EOF")
-            self.received += len(frame.payload)
-            if self.received > self.granted:
-                raise ProtocolError("client sent more input than the daemon's window allows")
+            self.window.receive(len(frame.payload))
             if self.master is None or self.status is not None:
                 self._consumed(len(frame.payload))
             else:
@@ -499,12 +501,7 @@ class ShellPump:
             self.recording = None
 
     def _consumed(self, count: int) -> None:
-        """Input bytes left our buffer: grant the client that much more, in batches."""
-        self.unacked += count
-        if self.unacked >= STDIN_WINDOW // 4:
-            self.conn.queue_json(FrameType.WINDOW, {"bytes": self.unacked})
-            self.granted += self.unacked
-            self.unacked = 0
+        self.window.consumed(self.conn, count)
 
     def _close_master(self) -> None:
         if self.master is not None:
