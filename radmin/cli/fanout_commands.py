@@ -462,23 +462,35 @@ def put_command(args: argparse.Namespace, home: ClientHome) -> int:
         if bar is not None:
             with bar_lock:
                 bar.clear()
-        if args.json:
-            run.json_line(_put_record(outcome, args.remote_path, digest))
-        elif outcome.kind in SUCCESS:
-            result = outcome.result
-            assert isinstance(result, PutResult)
-            run.out.write(
-                f"{outcome.target.label}: {outcome.kind} {result.path} "
-                f"({_human_size(size)}, sha256 {result.sha256[:12]}…)\n".encode()
-            )
-        else:
-            run.report_failure(outcome)
+        _report_transfer(run, outcome, lambda: _put_record(outcome, args.remote_path, digest), size)
 
     try:
         return run.fan_out("put", on_host, report, before)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _report_transfer(
+    run: Run, outcome: HostOutcome, record: Callable[[], dict[str, Any]], size: int | None
+) -> None:
+    """One host's put or get, as it ends: its --json object, or the human line
+    (`web1: changed /etc/motd (1.2 KiB, sha256 ab12…)`; `size` None: the result's), or
+    its failure on stderr."""
+    if run.args.json:
+        run.json_line(record())
+    elif outcome.kind in SUCCESS:
+        result = outcome.result
+        assert isinstance(result, PutResult | GetResult)
+        if size is None:
+            assert isinstance(result, GetResult)
+            size = result.size
+        run.out.write(
+            f"{outcome.target.label}: {outcome.kind} {result.path} "
+            f"({_human_size(size)}, sha256 {result.sha256[:12]}…)\n".encode()
+        )
+    else:
+        run.report_failure(outcome)
 
 
 def _local_file(path: str, run: Run) -> tuple[int, str | None]:
@@ -566,17 +578,7 @@ def get_command(args: argparse.Namespace, home: ClientHome) -> int:
             with bar_lock:
                 bar.clear()
         local = destinations[outcome.target.label] or local_target(remote, None)
-        if args.json:
-            run.json_line(_get_record(outcome, remote, local))
-        elif outcome.kind in SUCCESS:
-            result = outcome.result
-            assert isinstance(result, GetResult)
-            run.out.write(
-                f"{outcome.target.label}: {outcome.kind} {result.path} "
-                f"({_human_size(result.size)}, sha256 {result.sha256[:12]}…)\n".encode()
-            )
-        else:
-            run.report_failure(outcome)
+        _report_transfer(run, outcome, lambda: _get_record(outcome, remote, local), None)
 
     try:
         return run.fan_out("get", on_host, report)
