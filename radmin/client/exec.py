@@ -30,18 +30,12 @@ if TYPE_CHECKING:
 CANCEL_WAIT = 5.0  # seconds to wait for the daemon's RESULT after a CANCEL
 
 
-class ExecResult(
-    namedtuple(
-        "ExecResult",
-        "exit_code signal timed_out cancelled duration_s stdout stderr ended_by",
-        defaults=(b"", b"", None),
-    )
-):
-    """`exit_code` is None when `signal` ended the command; `stdout`/`stderr` are filled
-    by Connection.run() and empty when the output was streamed to callbacks; `ended_by`
-    says why the daemon itself ended it ("daemon shutting down"), else None."""
+class ExitStatus:
+    """For results with `exit_code` and `signal` (exec's, the shell's)."""
 
     __slots__ = ()
+    exit_code: int | None
+    signal: int | None
 
     @property
     def returncode(self) -> int:
@@ -50,7 +44,22 @@ class ExecResult(
             return self.exit_code
         return 128 + (self.signal or 0)
 
-    status = returncode  # the name the CLI has used
+
+class ExecResult(
+    ExitStatus,
+    namedtuple(
+        "ExecResult",
+        "exit_code signal timed_out cancelled duration_s stdout stderr ended_by",
+        defaults=(b"", b"", None),
+    ),
+):
+    """`exit_code` is None when `signal` ended the command; `stdout`/`stderr` are filled
+    by Connection.run() and empty when the output was streamed to callbacks; `ended_by`
+    says why the daemon itself ended it ("daemon shutting down"), else None."""
+
+    __slots__ = ()
+
+    status = ExitStatus.returncode  # the name the CLI has used
 
 
 def exec_command(

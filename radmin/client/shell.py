@@ -16,7 +16,7 @@ import select
 import time
 from collections import namedtuple
 
-from radmin.client.exec import on_control_frame
+from radmin.client.exec import ExitStatus, on_control_frame
 from radmin.errors import RemoteProtocolError, TransportError
 from radmin.protocol import HIGH_WATER, FrameType, wait_ready
 
@@ -32,17 +32,11 @@ CANCEL_WAIT = 10.0  # seconds to wait for the daemon's RESULT after a CANCEL
 DEFAULT_SIZE = (24, 80)
 
 
-class ShellResult(namedtuple("ShellResult", "exit_code signal cancelled duration_s")):
-    """How the remote shell ended: `exit_code`, or `signal` if a signal killed it."""
+class ShellResult(ExitStatus, namedtuple("ShellResult", "exit_code signal cancelled duration_s")):
+    """How the remote shell ended: `exit_code`, or `signal` if a signal killed it;
+    `returncode` is the status ssh would give."""
 
     __slots__ = ()
-
-    @property
-    def returncode(self) -> int:
-        """The status ssh would give: the shell's, or 128 + the signal number."""
-        if self.exit_code is not None:
-            return self.exit_code
-        return 128 + (self.signal or 0)
 
 
 def open_shell(

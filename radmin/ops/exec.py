@@ -44,6 +44,21 @@ from radmin.protocol import HIGH_WATER, FrameSocket, FrameType, wait_ready
 STDIN_WINDOW = 1024 * 1024  # stdin bytes a client may send ahead of the command's reads
 
 
+def peek_exit(pid: int) -> tuple[int | None, int | None] | None:
+    """(exit code, None) or (None, signal) once child `pid` has ended, else None.
+    WNOWAIT: the status is learnt but the zombie stays, so its process group (and
+    session) id cannot be reused by another process while we still signal it."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    if info is None:
+        return None
+    if info.si_code == os.CLD_EXITED:
+        return (info.si_status, None)
+    return (None, info.si_status)
+
+
 class InputWindow:
     """Flow control of a client's STDIN (exec's, and the shell's typing): the client may
     send STDIN_WINDOW bytes ahead of what the command has taken; each byte taken is
@@ -511,16 +526,9 @@ class ProcessPump:
     def _check_exit(self) -> None:
         if self.status is not None:
             return
-        try:  # WNOWAIT: learn the status but leave the zombie, so the PGID stays ours
-            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            info = None
-        if info is None:
+        self.status = peek_exit(self.proc.pid)
+        if self.status is None:
             return
-        if info.si_code == os.CLD_EXITED:
-            self.status = (info.si_status, None)
-        else:
-            self.status = (None, info.si_status)
         if not self.stdin.closed:
             self._drop_stdin()
             self._close_stdin()

@@ -50,6 +50,7 @@ from radmin.ops.exec import (
     InputWindow,
     command_env,
     command_nofile,
+    peek_exit,
     reset_resources,
 )
 from radmin.protocol import HIGH_WATER, Frame, FrameSocket, FrameType, wait_ready
@@ -518,16 +519,9 @@ class ShellPump:
     def _check_exit(self) -> None:
         if self.status is not None:
             return
-        try:  # WNOWAIT: the zombie keeps the session id ours until the very end
-            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            info = None
-        if info is None:
+        self.status = peek_exit(self.proc.pid)  # the zombie keeps the session id ours
+        if self.status is None:
             return
-        if info.si_code == os.CLD_EXITED:
-            self.status = (info.si_status, None)
-        else:
-            self.status = (None, info.si_status)
         # The shell is gone: so is its terminal, for whatever it left behind.
         self._close_slave()
         self._hang_up()
