@@ -434,16 +434,7 @@ def put_command(args: argparse.Namespace, home: ClientHome) -> int:
     except OSError as exc:  # the local FILE: exit 1, as a failed upload
         size, digest = 0, None
         before = FAILED, os_error(exc)
-    bar = _progress_bar(size * len(run.targets), show=not args.json)
-    bar_lock = threading.Lock()
-
-    def progress(n: int) -> None:
-        """After each frame sent: the bar, and Ctrl-C stops an upload mid-file."""
-        if run.stop.is_set():
-            raise Cancelled("cancelled")
-        if bar is not None:
-            with bar_lock:
-                bar.update(n)
+    bar = TransferBar(run, size * len(run.targets), show=not args.json)
 
     def on_host(target: Target) -> HostOutcome:
         return put_on_host(
@@ -455,20 +446,17 @@ def put_command(args: argparse.Namespace, home: ClientHome) -> int:
             owner=args.owner,
             group=args.group,
             sha256=digest,
-            progress=progress,
+            progress=bar.progress,
         )
 
     def report(outcome: HostOutcome) -> None:
-        if bar is not None:
-            with bar_lock:
-                bar.clear()
+        bar.clear()
         _report_transfer(run, outcome, lambda: _put_record(outcome, args.remote_path, digest), size)
 
     try:
         return run.fan_out("put", on_host, report, before)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
 
 def _report_transfer(
@@ -546,23 +534,7 @@ def get_command(args: argparse.Namespace, home: ClientHome) -> int:
         raise UsageError(f"REMOTE_PATH must name a file, got {remote!r}") from None
     run = Run(args, home)
     destinations = _get_destinations(run, remote, args.local_path)
-    bar = _progress_bar(0, show=not args.json)
-    bar_lock = threading.Lock()
-
-    def on_size(size: int) -> None:
-        """A host announced its file: the bar's total grows by it."""
-        if bar is not None:
-            with bar_lock:
-                bar.total = (bar.total or 0) + size
-                bar.refresh()
-
-    def progress(n: int) -> None:
-        """After each frame received: the bar, and Ctrl-C stops a download mid-file."""
-        if run.stop.is_set():
-            raise Cancelled("cancelled")
-        if bar is not None:
-            with bar_lock:
-                bar.update(n)
+    bar = TransferBar(run, 0, show=not args.json)  # grows as each host tells its size
 
     def on_host(target: Target) -> HostOutcome:
         local = destinations[target.label]
@@ -571,20 +543,19 @@ def get_command(args: argparse.Namespace, home: ClientHome) -> int:
                 os.makedirs(os.path.dirname(local), exist_ok=True)
             except OSError as exc:
                 return HostOutcome(target, FAILED, os_error(exc))
-        return get_on_host(target, run.options, remote, local, progress=progress, on_size=on_size)
+        return get_on_host(
+            target, run.options, remote, local, progress=bar.progress, on_size=bar.grow
+        )
 
     def report(outcome: HostOutcome) -> None:
-        if bar is not None:
-            with bar_lock:
-                bar.clear()
+        bar.clear()
         local = destinations[outcome.target.label] or local_target(remote, None)
         _report_transfer(run, outcome, lambda: _get_record(outcome, remote, local), None)
 
     try:
         return run.fan_out("get", on_host, report)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
 
 def host_folder(label: str) -> str:
@@ -640,6 +611,41 @@ def _human_size(size: float) -> str:
             return f"{size} B" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+class TransferBar:
+    """The progress bar of one put or get over all its hosts, shared by their threads;
+    each update is also where Ctrl-C stops a transfer mid-file."""
+
+    def __init__(self, run: Run, total: int, show: bool):
+        self.run = run
+        self.bar = _progress_bar(total, show)
+        self.lock = threading.Lock()
+
+    def progress(self, n: int) -> None:
+        """After each frame sent or received."""
+        if self.run.stop.is_set():
+            raise Cancelled("cancelled")
+        if self.bar is not None:
+            with self.lock:
+                self.bar.update(n)
+
+    def grow(self, size: int) -> None:
+        """A host announced its file (get): the total grows by it."""
+        if self.bar is not None:
+            with self.lock:
+                self.bar.total = (self.bar.total or 0) + size
+                self.bar.refresh()
+
+    def clear(self) -> None:
+        """Before a host's line is printed."""
+        if self.bar is not None:
+            with self.lock:
+                self.bar.clear()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _progress_bar(total: int, show: bool) -> Any:
