@@ -368,7 +368,10 @@ class Session(socketserver.BaseRequestHandler):
             )
         # The shorter of the two intervals, announced back; a client that announced
         # none (an older one) gets no heartbeats and is not expected to send any.
-        interval = heartbeat_interval(hello.get("heartbeat"), config.limits.heartbeat_interval)
+        announced = hello.get("heartbeat")
+        interval = heartbeat_interval(announced, config.limits.heartbeat_interval)
+        if announced is not None and interval is None:
+            raise ProtocolError("HELLO 'heartbeat' must be a positive number of seconds")
         reply: dict[str, Any] = {
             "protocol": max(common),
             "software": f"radmind/{__version__}",

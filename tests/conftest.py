@@ -94,3 +94,14 @@ def tmpfs(tmp_path):
     for mount_point in reversed(mounted):
         if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode:
             subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def big_file(tmp_path_factory) -> Path:
+    """100 MiB of random data (incompressible, and long enough to interrupt a put or a
+    get); made once for the run."""
+    path = tmp_path_factory.mktemp("big") / "big.bin"
+    with open(path, "wb") as f:
+        for _ in range(100):
+            f.write(os.urandom(1 << 20))
+    return path

@@ -82,16 +82,6 @@ def local(tmp_path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def big_file(tmp_path_factory) -> Path:
-    """100 MiB of random data (long enough to interrupt)."""
-    path = tmp_path_factory.mktemp("big") / "big.bin"
-    with open(path, "wb") as f:
-        for _ in range(100):
-            f.write(os.urandom(MiB))
-    return path
-
-
 def write(path: Path, data: bytes, mode: int = 0o644) -> Path:
     path.write_bytes(data)
     path.chmod(mode)

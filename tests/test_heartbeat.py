@@ -385,3 +385,15 @@ def test_old_client_without_heartbeats_is_served(daemon, client_home):
     frames.send_json(FrameType.REQUEST, {"op": "ping"})
     assert frames.recv_json(FrameType.RESULT)[1]["ok"] is True
     assert not processes_with("never-started-marker")
+
+
+@pytest.mark.parametrize("announced", [0, -1, 1e-9 * 0, "10", True, [1], {"s": 1}])
+def test_malformed_heartbeat_in_hello_is_a_protocol_error(daemon, client_home, announced):
+    """(1e999 never gets this far: strict JSON refuses it as too large.)"""
+    frames = FrameSocket(tls_connect(client_home, daemon.port))
+    frames.send_json(
+        FrameType.HELLO, {"protocols": [1], "software": "test", "heartbeat": announced}
+    )
+    frame = frames.recv_frame()
+    assert frame.type is FrameType.ERROR
+    assert "'heartbeat' must be a positive number" in frame.json()["message"]

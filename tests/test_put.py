@@ -145,16 +145,6 @@ def stop_process(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def big_file(tmp_path_factory) -> Path:
-    """100 MiB of random data (incompressible, and long enough to interrupt)."""
-    path = tmp_path_factory.mktemp("big") / "big.bin"
-    with open(path, "wb") as f:
-        for _ in range(100):
-            f.write(os.urandom(MiB))
-    return path
-
-
 @pytest.fixture
 def small_disk(tmpfs) -> Path:
     """A 2 MiB filesystem, to fill up."""
