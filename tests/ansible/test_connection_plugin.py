@@ -72,7 +72,8 @@ class Fleet:
             ANSIBLE_LOCAL_TEMP=str(self.folder / "ansible-local"),
             ANSIBLE_REMOTE_TMP=str(self.remote_tmp),
             ANSIBLE_SYSTEM_TMPDIRS=str(self.system_tmp),
-            ANSIBLE_STDOUT_CALLBACK="json",
+            ANSIBLE_CALLBACK_PLUGINS=str(Path(__file__).parent / "callback_plugins"),
+            ANSIBLE_STDOUT_CALLBACK="recap_json",
             ANSIBLE_LOAD_CALLBACK_PLUGINS="1",  # the stdout callback for ad-hoc `ansible` too
             ANSIBLE_NOCOLOR="1",
             ANSIBLE_RADMIN_CONNECT_TIMEOUT="60",  # over the doc's 5 s: a busy test machine
