@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 import time
 
 import pytest
@@ -99,13 +100,27 @@ def _start_upload(frames, dest, size: int) -> None:
     frames.send_frame(FrameType.FILE_DATA, b"x" * 1000)  # then nothing more
 
 
+def _trickle(frames, stop: threading.Event) -> None:
+    """A byte every 0.2 s: the upload stays in progress, under its 1 s stall timeout,
+    however long a loaded machine takes to start the second radmin-cli."""
+    while not stop.wait(0.2):
+        frames.send_frame(FrameType.FILE_DATA, b"x")
+
+
 def test_uploads_over_max_uploads_exit_1(limited_daemon, client_home, tmp_path):
     daemon = limited_daemon
     frames = frames_after_hello(client_home, daemon.port)
     _start_upload(frames, daemon.folder / "uploads" / "slow.bin", 10_000)
     local = tmp_path / "second"
     local.write_bytes(b"second\n")
-    result = run_cli(client_home, "put", str(local), daemon.address)
+    stop = threading.Event()
+    trickle = threading.Thread(target=_trickle, args=(frames, stop))
+    trickle.start()
+    try:
+        result = run_cli(client_home, "put", str(local), daemon.address)
+    finally:
+        stop.set()
+        trickle.join()
     assert result.returncode == 1
     assert b"limits.per_client.max_uploads" in result.stderr
     frames.close()
