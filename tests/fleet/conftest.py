@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.netns import unavailable_reason
+from fleet.netns import owned_tag, sweep_abandoned, unavailable_reason
 from fleet.radmin_fleet import BASE_SIZE, MEASURED, RadminFleet
 
 BIN = Path(sys.executable).parent
@@ -29,7 +29,10 @@ def fleet(tmp_path_factory) -> Iterator[RadminFleet]:
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    made = RadminFleet(tmp_path_factory.mktemp("fleet"), BIN)
+    swept = sweep_abandoned()
+    if swept:
+        MEASURED["namespaces of dead test runs swept"] = str(len(swept))
+    made = RadminFleet(tmp_path_factory.mktemp("fleet"), BIN, tag=owned_tag())
     atexit.register(made.down)  # idempotent; covers an interpreter exit mid-session
     started = time.monotonic()
     try:

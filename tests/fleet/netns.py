@@ -55,6 +55,39 @@ def unavailable_reason() -> str | None:
     return None
 
 
+TEST_TAG_PREFIX = "rft"  # a test run's fleet: rft<PID>x<hex>, swept once that PID is gone
+
+
+def owned_tag() -> str:
+    """A tag naming the test process that owns the fleet, so a later run can tell a
+    fleet abandoned by a SIGKILLed run (its PID gone) from one still in use."""
+    return f"{TEST_TAG_PREFIX}{os.getpid()}x{secrets.token_hex(2)}"
+
+
+def sweep_abandoned() -> list[str]:
+    """Destroy the fleets of test runs that died without tearing down (a SIGKILLed
+    pytest cannot run its finalizers); returns the namespaces removed. Fleets of live
+    runs and those of `scripts/fleet up` (meant to outlive their command) are left alone.
+    """
+    done = _ip("netns", "list", check=False)
+    names = [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
+    abandoned: dict[str, list[str]] = {}
+    for name in names:
+        tag = name.split("-", 1)[0]
+        owner = tag[len(TEST_TAG_PREFIX) :].split("x", 1)[0]
+        if tag.startswith(TEST_TAG_PREFIX) and owner.isdigit() and not _pid_exists(int(owner)):
+            abandoned.setdefault(tag, []).append(name)
+    for tag, namespaces in abandoned.items():
+        fleet = Fleet(tag)
+        fleet.namespaces = list(namespaces)  # destroy() empties its own list
+        fleet.destroy(grace=1.0)
+    return [name for namespaces in abandoned.values() for name in namespaces]
+
+
+def _pid_exists(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
 def _ip(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
     done = subprocess.run(["ip", *args], capture_output=True, text=True, input=input)
     if check and done.returncode != 0:
