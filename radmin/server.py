@@ -593,14 +593,13 @@ def _audit(
 
 def _bind_request(log: Any, message: dict[str, Any]) -> Any:
     """op, and the run id a client sends so one fleet-wide action can be collected."""
-    log = log.bind(op=message.get("op"))
-    run_id = message.get("run_id")
+    op, run_id = message.get("op"), message.get("run_id")
     if run_id is None:
-        return log
+        return log.bind(op=op)
     if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
         # It goes into every log line of the request: nothing else may.
         raise BadRequest(f"run_id must match {RUN_ID.pattern}, got {run_id!r}"[:200])
-    return log.bind(run_id=run_id)
+    return log.bind(op=op, run_id=run_id)
 
 
 def _request_fields(frame: Frame) -> dict[str, Any]:

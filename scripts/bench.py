@@ -1240,7 +1240,7 @@ class Bench:
         tools = {"radmin": measured("radmin", [self.rcli, "exec", f"h[1-{n}]", "true"])}
         alternate(f"fleet {n}", tools, {"radmin": self.plan.fleet}, samples)
         self.raw["fleet5000"] = samples.__dict__ | cpu.raw()
-        note = "default -p 32; clush and pssh not run at this size: see the 1,000-host rows"
+        note = "-p 32, the default; clush and pssh not run at this size"
         self.rows.append(
             Row(
                 f"fan-out `true`, {n} hosts",
