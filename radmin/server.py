@@ -52,7 +52,6 @@ from radmin.running import RunningCommands
 from radmin.startups import LogThrottle, StartupLimits, Startups, source_key
 from radmin.tls import handshake, server_context
 from radmin.usage import Usage
-from radmin.workers import Workers
 
 SUPPORTED_PROTOCOLS = (PROTOCOL_VERSION,)
 RUN_ID = re.compile(RUN_ID_PATTERN)
@@ -90,7 +89,6 @@ class DaemonState:
         self.commands = RunningCommands()  # every command running (journal, stop)
         self.startups = Startups()  # unauthenticated connections (limits.max_startups)
         self.throttled = LogThrottle(self.log)  # refusals and failed handshakes
-        self.workers = Workers()  # the connections' threads, reused
 
     def apply(self, config: Config) -> None:
         """Swap in a validated config; requests already running keep their snapshot."""
@@ -208,14 +206,11 @@ class RadminServer(socketserver.ThreadingTCPServer):
         return False
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve the connection on a thread (radmin/workers.py: one that just finished a
-        connection, or a new one). If none can start (threads or memory exhausted),
+        """Start the session's thread. If none can start (threads or memory exhausted),
         give the max_connections slot back and close: socketserver would close the socket
         but keep the slot, and each such failure would lock one more client out."""
         try:
-            self.state.workers.submit(
-                functools.partial(self.process_request_thread, request, client_address)
-            )
+            super().process_request(request, client_address)
         except Exception as exc:
             self.state.release()
             self.state.startups.end(source_key(str(client_address[0])))
