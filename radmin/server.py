@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import re
 import select
 import socket
 import socketserver
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -231,6 +233,36 @@ def _peer(address: Any) -> str:
     return format_host_port(str(address[0]), int(address[1]))
 
 
+@functools.lru_cache(maxsize=1024)
+def _fingerprint(cert_der: bytes) -> str:
+    """A client certificate's fingerprint, parsed once per certificate, not once per
+    connection: a fan-out brings the same certificate a thousand times."""
+    return fingerprint(cert_der)
+
+
+# Linux's struct tcp_info: tcpi_bytes_acked and tcpi_bytes_received (u64, since 4.1
+# and 4.2) sit at these offsets; an older kernel returns a shorter struct.
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_BYTES_ACKED, _BYTES_RECEIVED, _TCP_INFO_LEN = 120, 128, 136
+
+
+def _wire_bytes(sock: socket.socket) -> dict[str, int]:
+    """Bytes the connection carried each way, TLS records included, as the kernel
+    counted them (one getsockopt, no counting on the data path); {} where unknown."""
+    if _TCP_INFO is None:
+        return {}
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
+    except OSError:
+        return {}
+    if len(info) < _TCP_INFO_LEN:
+        return {}
+    return {
+        "bytes_in": int.from_bytes(info[_BYTES_RECEIVED:_TCP_INFO_LEN], sys.byteorder),
+        "bytes_out": int.from_bytes(info[_BYTES_ACKED:_BYTES_RECEIVED], sys.byteorder),
+    }
+
+
 def _wait(sock: socket.socket, for_write: bool, deadline: float, what: str) -> None:
     remaining = deadline - time.monotonic()
     events = select.POLLOUT if for_write else select.POLLIN
@@ -253,13 +285,13 @@ class Session(socketserver.BaseRequestHandler):
         self.state = self.server.state
         self.started = time.monotonic()
         self.client_fp = ""  # known once the handshake is done
+        self.client_software: str | None = None  # known once the hello is done
         self.requests = 0
         self.busy = False
         self.counted_as: str | None = None  # the client this connection counts against
         # The startup slot verify_request took, until the client is authenticated.
         self.startup_source: str | None = source_key(str(self.client_address[0]))
         self.sock = self.request  # what finish() closes: TCP until TLS wraps it
-        self.log = self.state.log.bind(peer=_peer(self.client_address))
         self.state.register(self)
 
     def interrupt(self) -> None:
@@ -305,8 +337,9 @@ class Session(socketserver.BaseRequestHandler):
             self._handshake_failed(exc)
             _linger_close(tls)
             return None
-        self.client_fp = fingerprint(tls.getpeercert(binary_form=True) or b"")
-        self.log = self.log.bind(fingerprint=self.client_fp)
+        self.client_fp = _fingerprint(tls.getpeercert(binary_form=True) or b"")
+        # Bound once the handshake is done: a refused handshake (a flood's) costs none.
+        self.log = self.state.log.bind(peer=_peer(self.client_address), fingerprint=self.client_fp)
         tls.settimeout(config.limits.handshake_timeout)  # the hello has self.deadline
         return FrameSocket(tls, frame_timeout=config.limits.frame_timeout)
 
@@ -317,35 +350,51 @@ class Session(socketserver.BaseRequestHandler):
         )
 
     def _converse(self, conn: FrameSocket) -> None:
-        outcome = "closed"
+        """Hello, then requests until the connection ends; then its one event.
+
+        Refusals and protocol errors are warnings at once (an auditor needs them when
+        they happen); every other end -- the client closed, dropped, went idle, the
+        network failed -- is said only by `connection_closed`, with its reason.
+        """
+        outcome, reason = "closed", None
         try:
             self.client_name = self._hello(conn)
             self._end_startup()  # authenticated: no longer a startup
             outcome = self._serve_requests(conn)
+            if outcome == "idle_timeout":
+                idle = self.state.config.limits.idle_timeout
+                reason = f"no request within limits.idle_timeout ({idle:g} s)"
         except ProtocolError as exc:
-            outcome = "protocol_error"
-            self.log.warning("protocol_error", error=str(exc))
-            self._send_error(conn, "protocol", str(exc))
+            outcome, reason = "protocol_error", str(exc)
+            self.log.warning("protocol_error", error=reason)
+            self._send_error(conn, "protocol", reason)
         except ConnectionClosed as exc:
-            outcome = "disconnected"
-            self.log.info("disconnected", reason=str(exc))
+            outcome, reason = "disconnected", str(exc)
         except RequestError as exc:  # refused at hello: not (or no longer) listed
-            outcome = "refused"
-            self.log.warning("client_refused", reason=str(exc))
-            self._send_error(conn, exc.code, str(exc))
-        except TimeoutError:
-            outcome = "timeout"
-            self.log.info("connection_timeout")
+            outcome, reason = "refused", str(exc)
+            self.log.warning("client_refused", reason=reason)
+            self._send_error(conn, exc.code, reason)
+        except TimeoutError as exc:
+            outcome, reason = "timeout", str(exc) or "timed out"
         except (OSError, ssl.SSLError) as exc:
-            outcome = "network_error"
-            self.log.info("connection_error", error=str(exc))
+            outcome, reason = "network_error", str(exc)
         finally:
-            self.log.info(
-                "connection_closed",
-                outcome=outcome,
-                requests=self.requests,
-                duration_s=round(time.monotonic() - self.started, 4),
-            )
+            self._log_closed(conn, outcome, reason)
+
+    def _log_closed(self, conn: FrameSocket, outcome: str, reason: str | None) -> None:
+        """The connection's one event: who (peer, fingerprint, client, its software),
+        how it ended, how long, how many requests, and the bytes on the wire."""
+        fields: dict[str, Any] = {
+            "outcome": outcome,
+            "requests": self.requests,
+            "duration_s": round(time.monotonic() - self.started, 4),
+        }
+        if reason is not None:
+            fields["reason"] = reason[:200]
+        if self.client_software is not None:
+            fields["client_software"] = self.client_software
+        fields.update(_wire_bytes(conn.sock))
+        self.log.info("connection_closed", **fields)
 
     def _hello(self, conn: FrameSocket) -> str:
         """The client's HELLO, whole before the handshake deadline (not per read)."""
@@ -382,14 +431,17 @@ class Session(socketserver.BaseRequestHandler):
         conn.send_json(FrameType.HELLO, reply)
         if interval is not None:
             conn.start_heartbeat(interval)
+        self.client_software = str(hello.get("software", "?"))[:80]
         self.log = self.log.bind(client=client.name)
-        self.log.info("authenticated", client_software=str(hello.get("software", "?"))[:80])
+        # Said in connection_closed: at info, one event per connection, not two.
+        self.log.debug("authenticated", client_software=self.client_software)
         return client.name
 
     def _serve_requests(self, conn: FrameSocket) -> str:
         while not self.state.stopping.is_set():
             config, _ = self.state.snapshot()
-            conn.sock.settimeout(config.limits.idle_timeout)
+            if conn.sock.gettimeout() != config.limits.idle_timeout:  # a system call
+                conn.sock.settimeout(config.limits.idle_timeout)
             conn.frame_timeout = config.limits.frame_timeout
             # Between requests idle_timeout decides (heartbeats do not reset it): a
             # client holding an idle connection from a script need not beat.
@@ -536,14 +588,13 @@ def _audit(
 
 def _bind_request(log: Any, message: dict[str, Any]) -> Any:
     """op, and the run id a client sends so one fleet-wide action can be collected."""
-    log = log.bind(op=message.get("op"))
-    run_id = message.get("run_id")
+    op, run_id = message.get("op"), message.get("run_id")
     if run_id is None:
-        return log
+        return log.bind(op=op)
     if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
         # It goes into every log line of the request: nothing else may.
         raise BadRequest(f"run_id must match {RUN_ID.pattern}, got {run_id!r}"[:200])
-    return log.bind(run_id=run_id)
+    return log.bind(op=op, run_id=run_id)
 
 
 def _request_fields(frame: Frame) -> dict[str, Any]:

@@ -16,6 +16,7 @@ Dropped connections are closed at once; the log lines are throttled (LogThrottle
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 import threading
@@ -43,7 +44,17 @@ def drop_probability(in_use: int, limits: StartupLimits) -> float:
 
 
 def source_key(address: str) -> str:
-    """The unit a per-source cap counts: an IPv4 address, or an IPv6 /64."""
+    """The unit a per-source cap counts: an IPv4 address, or an IPv6 /64.
+
+    Called for every accepted connection: an IPv4 peer (accept() gives it in dotted
+    form already) is its own key, without the ipaddress module's parsing."""
+    if ":" not in address:
+        return address
+    return _ipv6_source_key(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ipv6_source_key(address: str) -> str:
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:

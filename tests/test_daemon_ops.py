@@ -233,7 +233,7 @@ def test_log_file_gets_the_json_lines_not_stderr(radmind_factory, client_home):
     log = daemon.folder / "radmind-file.log"  # relative to the config's folder
     assert daemon.log_path == log
     assert run_cli(client_home, "ping", daemon.address).returncode == 0
-    wait_until(lambda: events_named(daemon, "authenticated"), 5, "authenticated in log.file")
+    wait_until(lambda: events_named(daemon, "connection_closed"), 5, "an event in log.file")
     assert all(json.loads(line) for line in log.read_text().splitlines())
     assert "listening" not in daemon.stderr_path.read_text()
 
@@ -253,7 +253,7 @@ def test_log_file_is_reopened_on_sighup_after_logrotate_moved_it(radmind_factory
     assert daemon.proc.poll() is None, daemon.stderr_path.read_text()[-2000:]
     assert events_named(daemon, "reloaded")
     assert run_cli(client_home, "ping", daemon.address).returncode == 0
-    wait_until(lambda: events_named(daemon, "authenticated"), 5, "authenticated in the new file")
+    wait_until(lambda: events_named(daemon, "connection_closed"), 5, "an event in the new file")
     assert len(rotated.read_text().splitlines()) == lines_in_rotated  # nothing went there
     assert all(json.loads(line) for line in log.read_text().splitlines())
 

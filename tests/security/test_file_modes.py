@@ -199,9 +199,9 @@ def test_cli_refuses_an_identity_key_others_can_read_like_ssh(daemon, client_hom
     os.chmod(client_home.key, 0o600)
     accepted = run_cli(client_home, "ping", daemon.address)
     assert accepted.returncode == 0, accepted.stderr
-    daemon.wait_for_event(lambda e: e.get("event") == "authenticated")
+    daemon.wait_for_event(lambda e: e.get("event") == "connection_closed")
     # The refused run never connected: the only connection the daemon saw is the second.
     connections = [
-        e for e in daemon.events() if e.get("event") in ("authenticated", "handshake_failed")
+        e for e in daemon.events() if e.get("event") in ("connection_closed", "handshake_failed")
     ]
     assert len(connections) == 1, connections
