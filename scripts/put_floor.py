@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import mmap
 import os
 import queue
@@ -166,14 +167,23 @@ def receive(sock: ssl.SSLSocket, dest: str, size: int, stage: str) -> None:
 
 def one(stage: str, path: str, dest: str, size: int, ctxs: tuple) -> tuple[float, float, float]:
     server_ctx, client_ctx = ctxs
-    listener = socket.create_server(("127.0.0.1", 0))
+    bufsize = int(os.environ.get("FLOOR_SOCKBUF", "0"))  # SO_SNDBUF/SO_RCVBUF (0: autotuned)
+
+    def sized(sock: socket.socket) -> socket.socket:
+        if bufsize:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, bufsize)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, bufsize)
+        return sock
+
+    listener = sized(socket.create_server(("127.0.0.1", 0)))
     port = listener.getsockname()[1]
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the sender
         listener.close()
         os.close(r)
-        raw = socket.create_connection(("127.0.0.1", port))
+        raw = sized(socket.socket())
+        raw.connect(("127.0.0.1", port))
         sock = client_ctx.wrap_socket(raw)
         start = cpu()
         send(sock, path, size, stage.removesuffix("/ra"))
@@ -183,6 +193,9 @@ def one(stage: str, path: str, dest: str, size: int, ctxs: tuple) -> tuple[float
     os.close(w)
     conn, _ = listener.accept()
     sock = server_ctx.wrap_socket(conn, server_side=True)
+    rcvbuf = int(os.environ.get("FLOOR_RCVBUF", "0"))  # the receiver's, once connected
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     start_cpu, start = cpu(), time.monotonic()
     receive(sock, dest, size, stage)
     sock.sendall(b"k")
@@ -199,6 +212,7 @@ def main() -> None:
     parser.add_argument("file", nargs="?")
     parser.add_argument("--dest", default=".")
     parser.add_argument("--stages", default="tls,+hash,+file,threads")
+    parser.add_argument("--json", action="store_true", help="one JSON line per stage")
     args = parser.parse_args()
     path = args.file
     if path is None:
@@ -211,10 +225,15 @@ def main() -> None:
     gib = size / (1 << 30)
     with tempfile.TemporaryDirectory() as tmp:
         ctxs = contexts(tmp)
-        print(f"{'stage':<8} {'sender s/GiB':>12} {'receiver s/GiB':>14} {'MB/s':>7}")
+        if not args.json:
+            print(f"{'stage':<8} {'sender s/GiB':>12} {'receiver s/GiB':>14} {'MB/s':>7}")
         for stage in args.stages.split(","):
             s, r, wall = one(stage, path, args.dest, size, ctxs)
-            print(f"{stage:<8} {s / gib:>12.2f} {r / gib:>14.2f} {size / wall / 1e6:>7.0f}")
+            if args.json:
+                row = {"stage": stage, "sender": s / gib, "receiver": r / gib, "wall": wall}
+                print(json.dumps(row), flush=True)
+            else:
+                print(f"{stage:<8} {s / gib:>12.2f} {r / gib:>14.2f} {size / wall / 1e6:>7.0f}")
 
 
 if __name__ == "__main__":
