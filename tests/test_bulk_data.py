@@ -11,6 +11,7 @@ import hashlib
 import mmap
 import os
 import socket
+import ssl
 import threading
 import time
 
@@ -19,7 +20,7 @@ from support import client_entry, make_client_home, run_cli, trust
 
 from radmin.errors import ConnectionClosed, FrameTimeout
 from radmin.protocol import HEADER, MAX_DATA, Frame, FrameSocket, FrameType
-from radmin.transfer import _DIRECT_MIN, _DirectFile
+from radmin.transfer import _DIRECT_MIN, _DirectFile, _widen_receive_buffer
 
 MiB = 1024 * 1024
 
@@ -95,6 +96,79 @@ def test_a_data_frame_cut_by_the_peer_is_truncated():
         with pytest.raises(ConnectionClosed) as caught:
             FrameSocket(right).recv_data_into(sink(), FrameType.FILE_DATA)
         assert caught.value.truncated
+
+
+def _tls_pair(server_identity) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    """Two ends of a real TLS 1.3 connection over loopback (the daemon's identity on
+    both sides: only the record layer matters here)."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    server_ctx.load_cert_chain(server_identity / "server.crt", server_identity / "server.key")
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        raw = socket.create_connection(listener.getsockname())
+        accepted: list[ssl.SSLSocket] = []
+        server = threading.Thread(
+            target=lambda: accepted.append(
+                server_ctx.wrap_socket(listener.accept()[0], server_side=True)
+            )
+        )
+        server.start()
+        client = client_ctx.wrap_socket(raw)
+        server.join()
+    for end in (client, accepted[0]):
+        end.settimeout(10)
+    return client, accepted[0]
+
+
+def test_data_over_tls_arrives_whole_record_by_record(server_identity):
+    """The bulk path reads TLS records through the SSL object itself: a MiB payload
+    spans 64 records, frames around it still come back as frames."""
+    payloads = [os.urandom(MAX_DATA), os.urandom(3 * 16384 + 7), b"x"]
+    left, right = _tls_pair(server_identity)
+    with left, right:
+        sender = FrameSocket(left)
+        frames = FrameSocket(right)
+        frames.start_heartbeat(5.0)  # the watched path, as in a put
+
+        def send() -> None:
+            for payload in payloads:
+                sender.send_frame(FrameType.FILE_DATA, payload)
+            sender.send_json(FrameType.DIGEST, {"sha256": None})
+
+        thread = threading.Thread(target=send)
+        thread.start()
+        buffer = sink()
+        for payload in payloads:
+            assert frames.recv_data_into(buffer, FrameType.FILE_DATA) == len(payload)
+            assert bytes(buffer[: len(payload)]) == payload
+        frame = frames.recv_data_into(buffer, FrameType.FILE_DATA)
+        assert isinstance(frame, Frame) and frame.type is FrameType.DIGEST
+        thread.join()
+
+
+def test_a_tls_peer_gone_in_the_middle_of_a_payload_is_truncated(server_identity):
+    """No close_notify (a ragged EOF) half-way through a payload: ConnectionClosed,
+    truncated -- as SSLSocket.recv_into would report it, not an SSLError."""
+    left, right = _tls_pair(server_identity)
+    with right:
+        left.sendall(HEADER.pack(FrameType.FILE_DATA, MAX_DATA) + os.urandom(100_000))
+        socket.socket.shutdown(left, socket.SHUT_RDWR)  # the TCP socket under TLS
+        left.close()
+        with pytest.raises(ConnectionClosed) as caught:
+            FrameSocket(right).recv_data_into(sink(), FrameType.FILE_DATA)
+        assert caught.value.truncated
+
+
+def test_a_large_file_widens_the_receive_buffer():
+    left, right = socket.socketpair()
+    with left, right:
+        right.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        _widen_receive_buffer(FrameSocket(right))
+        # The kernel doubles what it is given, up to net.core.rmem_max.
+        assert right.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) > 128 * 1024
 
 
 def _direct_on(fd: int) -> bool:
