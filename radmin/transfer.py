@@ -27,7 +27,6 @@ import mmap
 import os
 import queue
 import re
-import socket
 import threading
 from collections import namedtuple
 from collections.abc import Callable
@@ -46,7 +45,6 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _QUEUE_CHUNKS = 4  # frames in flight between the socket thread and the writer (memory)
 _ALIGN = 4096  # O_DIRECT alignment: the largest logical block size of common devices
 _DIRECT_MIN = 8 * 1024 * 1024  # smaller files: buffered (the page cache is cheap there)
-_RECEIVE_BUFFER = 4 * 1024 * 1024  # SO_RCVBUF while a large file arrives (see fill)
 
 
 class TransferFailed(RequestError):
@@ -180,8 +178,6 @@ class Receiver:
 
     def fill(self, fd: int, temp: Path) -> str:
         """Write what arrives into fd, verify it, fsync; the verified SHA-256."""
-        if self.size >= _DIRECT_MIN:
-            _widen_receive_buffer(self.frames)
         self.announce()
         self.started = True
         self.frames.activity = "receiving a file"
@@ -262,19 +258,6 @@ class Receiver:
             self.received += len(frame.payload)
             if self.received >= self.size and not trailing_digest:
                 return
-
-
-def _widen_receive_buffer(frames: FrameSocket) -> None:
-    """A large receive buffer for a large file (best effort).
-
-    WHY: measured on loopback (scripts/put_floor.py, FLOOR_RCVBUF), the receiver's CPU
-    per GiB drops by 0.1-0.2 s with a 4 MiB SO_RCVBUF set once connected: the kernel
-    sends fewer window updates, and on loopback each one runs the sender's transmit path
-    in the receiver's system call. The kernel doubles the value and stops autotuning
-    this socket, so it is set only for files of _DIRECT_MIN bytes or more, where
-    autotuning would grow the buffer this far anyway."""
-    with contextlib.suppress(OSError, AttributeError):
-        frames.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
 
 
 class _Writer(threading.Thread):

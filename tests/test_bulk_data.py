@@ -20,7 +20,7 @@ from support import client_entry, make_client_home, run_cli, trust
 
 from radmin.errors import ConnectionClosed, FrameTimeout
 from radmin.protocol import HEADER, MAX_DATA, Frame, FrameSocket, FrameType
-from radmin.transfer import _DIRECT_MIN, _DirectFile, _widen_receive_buffer
+from radmin.transfer import _DIRECT_MIN, _DirectFile
 
 MiB = 1024 * 1024
 
@@ -160,15 +160,6 @@ def test_a_tls_peer_gone_in_the_middle_of_a_payload_is_truncated(server_identity
         with pytest.raises(ConnectionClosed) as caught:
             FrameSocket(right).recv_data_into(sink(), FrameType.FILE_DATA)
         assert caught.value.truncated
-
-
-def test_a_large_file_widens_the_receive_buffer():
-    left, right = socket.socketpair()
-    with left, right:
-        right.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        _widen_receive_buffer(FrameSocket(right))
-        # The kernel doubles what it is given, up to net.core.rmem_max.
-        assert right.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) > 128 * 1024
 
 
 def _direct_on(fd: int) -> bool:
