@@ -249,6 +249,17 @@ def parse_header(header: bytes | memoryview) -> tuple[FrameType, int]:
     return frame_type, length
 
 
+def _record_reader(sock: socket.socket) -> Any:
+    """`read(nbytes, view) -> bytes read` for bulk receives: on a TLS socket the SSL
+    object's own read (one C call per record, the socket's timeout honoured there; its
+    ragged EOF raises SSLEOFError where SSLSocket.recv_into would return 0); on a plain
+    socket, recv_into."""
+    sslobj = getattr(sock, "_sslobj", None) if isinstance(sock, ssl.SSLSocket) else None
+    if sslobj is not None:
+        return sslobj.read
+    return lambda nbytes, view: sock.recv_into(view, nbytes)
+
+
 class Frame:
     """One received frame. `payload` points into the receive buffer: valid until the next
     read, so callers copy (`bytes(frame.payload)`) what they keep."""
@@ -656,10 +667,13 @@ class FrameSocket:
         """recv_into `view` until it is full: the socket's timeout for each wait, and the
         frame's deadline and the caller's for the whole.
 
-        settimeout() is a system call (ioctl FIONBIO): _receive_before makes two per TLS
-        record. Here the timeout is set once and lowered only when a deadline has come
-        more than _TIMEOUT_SLACK closer than it, so a wait overshoots a deadline by at
-        most that much."""
+        This loop runs once per TLS record (16 KiB: 65,536 times per GiB), so it does the
+        least it can: the record is read through the SSL object itself (SSLSocket's
+        recv_into adds three Python calls around the same C read), the clock is read
+        once per record, and settimeout() -- a system call, ioctl FIONBIO -- only when a
+        deadline has come more than _TIMEOUT_SLACK closer than the socket's timeout, so
+        a wait overshoots a deadline by at most that much. Waiting itself stays in C (the
+        socket's timeout): no poll() while data flows."""
         limit = self._frame_deadline
         if limit is None or (deadline is not None and deadline < limit):
             limit = deadline
@@ -670,35 +684,39 @@ class FrameSocket:
         if beat is not None and (idle is None or beat < idle):
             self.sock.settimeout(beat)
         timeout = self.sock.gettimeout()
-        recv_into = self.sock.recv_into
+        read = _record_reader(self.sock)
         monotonic = time.monotonic
         try:
             got, total = 0, len(view)
+            now = monotonic()
             while got < total:
                 if limit is not None:
-                    remaining = limit - monotonic()
+                    remaining = limit - now
                     if remaining <= 0:
-                        self._check_frame_deadline(monotonic())
+                        self._check_frame_deadline(now)
                         raise TimeoutError("no complete frame before the deadline")
                     if timeout is None or remaining < timeout - _TIMEOUT_SLACK:
                         timeout = remaining
                         self.sock.settimeout(timeout)
                 try:
-                    n = recv_into(view[got:])
+                    n = read(total - got, view[got:])
+                except ssl.SSLEOFError:
+                    n = 0  # a ragged EOF: closed without close_notify
                 except TimeoutError:
+                    now = monotonic()
                     if limit is not None and timeout != idle:
-                        self._check_frame_deadline(monotonic())
+                        self._check_frame_deadline(now)
                     if beat is None:
                         raise
-                    self._check_peer(monotonic())  # PeerSilent after three intervals
-                    if self._heartbeat_due(monotonic()):
+                    self._check_peer(now)  # PeerSilent after three intervals
+                    if self._heartbeat_due(now):
                         self._send_heartbeat()
                     continue
                 if n == 0:
                     raise ConnectionClosed(
                         "connection closed in the middle of a frame (truncated)", truncated=True
                     )
-                self.last_received = monotonic()
+                now = self.last_received = monotonic()
                 got += n
         finally:
             if self.sock.gettimeout() != idle:
@@ -721,39 +739,46 @@ class FrameSocket:
 
     def send_frame(self, frame_type: FrameType, payload: bytes | memoryview = b"") -> None:
         header = HEADER.pack(frame_type, len(payload))
-        send = self._send_all if self._watching else self.sock.sendall
         with self._send_lock:
-            if len(payload) <= 16 * 1024:
-                send(header + bytes(payload))
-            else:  # avoid copying bulk data just to glue a 5-byte header on
-                send(header)
-                send(payload)
+            if len(payload) <= 16 * 1024 and self._watching:
+                self._send_all(header + bytes(payload))
+            elif len(payload) <= 16 * 1024:
+                self.sock.sendall(header + bytes(payload))
+            elif self._watching:  # bulk data is not copied just to glue 5 bytes on
+                self._send_all(header, payload)  # one blocking-mode switch for both
+            else:
+                self.sock.sendall(header)
+                self.sock.sendall(payload)
         self.frames_sent += 1
 
     def _send_all(
-        self, data: bytes | memoryview, absorb: bool = True, timeout: float | None = _SOCKET_TIMEOUT
+        self,
+        *parts: bytes | memoryview,
+        absorb: bool = True,
+        timeout: float | None = _SOCKET_TIMEOUT,
     ) -> None:
-        """sendall(), waiting with poll(): the socket's timeout (or `timeout`) bounds a
-        wait without progress, as sendall's does; meanwhile (with `absorb`) what the peer
-        sends is read into the buffer and its silence watched. Call with the send lock
-        held."""
-        view = memoryview(data).cast("B")
+        """sendall() of each part in turn, waiting with poll(): the socket's timeout (or
+        `timeout`) bounds a wait without progress, as sendall's does; meanwhile (with
+        `absorb`) what the peer sends is read into the buffer and its silence watched.
+        Call with the send lock held."""
         idle = self.sock.gettimeout()
         limit_s = idle if timeout == _SOCKET_TIMEOUT else timeout
         self.sock.setblocking(False)
         try:
             progress = time.monotonic()
-            while view:
-                try:
-                    # A retried TLS write must see the same leading bytes: same slice.
-                    n = self.sock.send(view[:_SEND_CHUNK])
-                except _WANT:
-                    n = 0
-                if n:
-                    view = view[n:]
-                    progress = self.last_sent = time.monotonic()
-                    continue
-                self._wait_writable(None if limit_s is None else progress + limit_s, absorb)
+            for data in parts:
+                view = memoryview(data).cast("B")
+                while view:
+                    try:
+                        # A retried TLS write must see the same leading bytes: same slice.
+                        n = self.sock.send(view[:_SEND_CHUNK])
+                    except _WANT:
+                        n = 0
+                    if n:
+                        view = view[n:]
+                        progress = self.last_sent = time.monotonic()
+                        continue
+                    self._wait_writable(None if limit_s is None else progress + limit_s, absorb)
         finally:
             self.sock.settimeout(idle)
 

@@ -1327,6 +1327,19 @@ class Bench:
                     new.runs("radmin put", "scp"),
                 )
             )
+        floor = self.put_floor(src)
+        for side, role in (("client", "sender"), ("daemon", "receiver")):
+            self.rows.append(
+                Row(
+                    f"CPU per GiB, put new file, {side}",
+                    "stdlib floor",
+                    median(new.extra.get(f"radmin put {side} cpu", [])),
+                    "s",
+                    median([run[role] for run in floor]),
+                    None,
+                    f"{len(new.extra.get(f'radmin put {side} cpu', []))}/{len(floor)}",
+                )
+            )
         first = new.extra.get("first re-put", [])
         self.rows.append(
             Row(
@@ -1417,6 +1430,27 @@ class Bench:
                 log(f"  {key:<28} {fmt(median(values), 's')} per GiB")
         dest["scp"].unlink(missing_ok=True)
         return samples
+
+    def put_floor(self, src: Path) -> list[dict[str, float]]:
+        """What the same bytes cost without radmin: scripts/put_floor.py's `threads`
+        stage (stdlib TLS 1.3 on loopback, SHA-256 at both ends on a second thread, the
+        file read, O_DIRECT writes and fdatasync; no framing, no heartbeats), once per
+        put run, with radmin's Python. CPU per GiB of its sender and receiver."""
+        script = str(self.root / "scripts" / "put_floor.py")
+        cmd = [self.rpy, script, str(src), "--dest", str(self.put_dir), "--stages", "threads"]
+        runs = []
+        for _ in range(self.plan.put):
+            try:
+                outcome = run([*cmd, "--json"], 900)
+            except Failed as exc:
+                log(f"  put floor failed: {exc}")
+                continue
+            runs.append(json.loads(outcome.stdout.strip().splitlines()[-1]))
+        if runs:
+            sender = median([r["sender"] for r in runs])
+            receiver = median([r["receiver"] for r in runs])
+            log(f"  stdlib floor: sender {fmt(sender, 's')}, receiver {fmt(receiver, 's')} per GiB")
+        return runs
 
     def put_unchanged(self, src: Path) -> Samples:
         """The same file again: each tool finds its destination identical, sends nothing."""

@@ -11,6 +11,7 @@ import hashlib
 import mmap
 import os
 import socket
+import ssl
 import threading
 import time
 
@@ -92,6 +93,70 @@ def test_a_data_frame_cut_by_the_peer_is_truncated():
     with right:
         with left:
             left.sendall(HEADER.pack(FrameType.FILE_DATA, 1000) + b"x" * 10)
+        with pytest.raises(ConnectionClosed) as caught:
+            FrameSocket(right).recv_data_into(sink(), FrameType.FILE_DATA)
+        assert caught.value.truncated
+
+
+def _tls_pair(server_identity) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    """Two ends of a real TLS 1.3 connection over loopback (the daemon's identity on
+    both sides: only the record layer matters here)."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    server_ctx.load_cert_chain(server_identity / "server.crt", server_identity / "server.key")
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        raw = socket.create_connection(listener.getsockname())
+        accepted: list[ssl.SSLSocket] = []
+        server = threading.Thread(
+            target=lambda: accepted.append(
+                server_ctx.wrap_socket(listener.accept()[0], server_side=True)
+            )
+        )
+        server.start()
+        client = client_ctx.wrap_socket(raw)
+        server.join()
+    for end in (client, accepted[0]):
+        end.settimeout(10)
+    return client, accepted[0]
+
+
+def test_data_over_tls_arrives_whole_record_by_record(server_identity):
+    """The bulk path reads TLS records through the SSL object itself: a MiB payload
+    spans 64 records, frames around it still come back as frames."""
+    payloads = [os.urandom(MAX_DATA), os.urandom(3 * 16384 + 7), b"x"]
+    left, right = _tls_pair(server_identity)
+    with left, right:
+        sender = FrameSocket(left)
+        frames = FrameSocket(right)
+        frames.start_heartbeat(5.0)  # the watched path, as in a put
+
+        def send() -> None:
+            for payload in payloads:
+                sender.send_frame(FrameType.FILE_DATA, payload)
+            sender.send_json(FrameType.DIGEST, {"sha256": None})
+
+        thread = threading.Thread(target=send)
+        thread.start()
+        buffer = sink()
+        for payload in payloads:
+            assert frames.recv_data_into(buffer, FrameType.FILE_DATA) == len(payload)
+            assert bytes(buffer[: len(payload)]) == payload
+        frame = frames.recv_data_into(buffer, FrameType.FILE_DATA)
+        assert isinstance(frame, Frame) and frame.type is FrameType.DIGEST
+        thread.join()
+
+
+def test_a_tls_peer_gone_in_the_middle_of_a_payload_is_truncated(server_identity):
+    """No close_notify (a ragged EOF) half-way through a payload: ConnectionClosed,
+    truncated -- as SSLSocket.recv_into would report it, not an SSLError."""
+    left, right = _tls_pair(server_identity)
+    with right:
+        left.sendall(HEADER.pack(FrameType.FILE_DATA, MAX_DATA) + os.urandom(100_000))
+        socket.socket.shutdown(left, socket.SHUT_RDWR)  # the TCP socket under TLS
+        left.close()
         with pytest.raises(ConnectionClosed) as caught:
             FrameSocket(right).recv_data_into(sink(), FrameType.FILE_DATA)
         assert caught.value.truncated
