@@ -221,6 +221,17 @@ def test_shell_sees_a_resize(shell_daemon, client_home, terminals):
     assert terminal.wait() == 0
 
 
+def test_an_open_shell_is_in_the_log_before_it_ends(shell_daemon, client_home, terminals):
+    terminal = terminals(client_home, "shell", shell_daemon.address)
+    terminal.ready()
+    started = shell_daemon.wait_for_event(lambda e: e.get("event") == "shell_started")
+    assert (started["client"], started["run_as"]) == ("ops", pwd.getpwuid(os.getuid()).pw_name)
+    assert os.getsid(started["pid"]) == started["pid"]  # the live shell, leading its session
+    assert not [e for e in shell_daemon.events() if e.get("event") == "request"]
+    terminal.type(b"exit\r")
+    terminal.wait()
+
+
 def test_shell_exit_status_is_the_clients(shell_daemon, client_home, terminals):
     terminal = terminals(client_home, "shell", shell_daemon.address)
     terminal.ready()

@@ -104,6 +104,9 @@ def run(request: Request) -> Outcome:
     try:
         with request.usage.hold(client.name, "processes", limit):
             proc, master, slave = spawn_shell(shell, user, env, (params.rows, params.cols))
+            # At once, not only in the `request` event at its end: a session may last
+            # hours, and an auditor must see who holds a shell while they hold it.
+            request.log.info("shell_started", pid=proc.pid, run_as=user.pw_name, shell=shell)
             pump = ShellPump(
                 request.conn, proc, (master, slave), config.limits, recording, request.log
             )
