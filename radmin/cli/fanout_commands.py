@@ -100,6 +100,7 @@ class Run:
             run_id=self.run_id,
             heartbeat_interval=heartbeat,
             retries=getattr(args, "retry", 0),
+            mux=args.mux or self._configured_mux(),
         )
         self._warned_host_key = False  # the full warning is given once
         self._lock = threading.Lock()
@@ -107,6 +108,14 @@ class Run:
             count = len(self.targets)
             hosts = fold(target.label for target in self.targets)
             error(f"run id {self.run_id}, {count} host{'s' * (count > 1)}: {hosts}")
+
+    def _configured_mux(self) -> bool:
+        from radmin.hosts import configured_mux
+
+        try:
+            return configured_mux(self.home.config)
+        except HostSpecError as exc:
+            raise UsageError(str(exc)) from None
 
     @property
     def quiet(self) -> bool:

@@ -43,6 +43,7 @@ _FANOUT_DEFAULTS: dict[str, object] = {
     "host_fingerprint": None,
     "connect_timeout": 10.0,  # radmin.DEFAULT_CONNECT_TIMEOUT
     "heartbeat_interval": None,  # config.yaml's, else radmin.protocol.HEARTBEAT_INTERVAL
+    "mux": False,  # config.yaml's mux decides (radmin/cli/fanout_commands.py)
     "home": None,
     "exclude": None,
     "retry": 0,

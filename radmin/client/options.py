@@ -37,6 +37,8 @@ class ClientOptions:
         run_id: str | None = None,
         heartbeat_interval: float | None = None,
         retries: int = 0,
+        mux: bool = False,
+        mux_idle_timeout: float | None = None,
     ):
         self.home = home
         self.strict_host_key = strict_host_key
@@ -57,6 +59,11 @@ class ClientOptions:
         # How many more times a fan-out tries a host it could not reach (--retry);
         # radmin.fanout.on_host never retries a request the host may have started.
         self.retries = retries
+        # Connect through the client home's helper (`radmin-cli mux`, radmin/mux), which
+        # keeps daemon connections open between runs; started with this idle timeout
+        # (None: its default) when none runs.
+        self.mux = mux
+        self.mux_idle_timeout = mux_idle_timeout
         self.known_hosts = KnownHosts(home.known_hosts)
         self._context: ssl.SSLContext | None = None
         self._digests: FileDigestCache | None = None
