@@ -366,3 +366,15 @@ def test_the_daemon_hello_announces_its_idle_timeout(home, daemon):
     trust(home, daemon)
     with radmin.client.connect(daemon.address, radmin.client.ClientOptions(home)) as conn:
         assert conn.wait_hello()["idle_timeout"] == 300
+
+
+def test_exec_through_a_running_helper_loads_no_key_and_imports_nothing_heavy(home, daemon):
+    from tests.support import cli_env
+    from tests.test_cold_start import HEAVY, imported_by
+
+    home.config.write_text("mux: true  # through radmin-cli mux\n")
+    assert run_cli(home, "exec", daemon.address, "true").returncode == 0  # starts it
+    for argv in (["exec", daemon.address, "true"], ["exec", "--mux", daemon.address, "true"]):
+        found = imported_by(argv, env=cli_env(home))
+        assert "radmin.mux.client" in found
+        assert not found & (HEAVY | {"radmin.tls", "radmin.mux.server"}), sorted(found & HEAVY)

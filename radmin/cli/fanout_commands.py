@@ -181,9 +181,14 @@ class Run:
 
     def _identity_problem(self) -> tuple[str, str] | None:
         """This client's identity, loaded once before any host: a missing or unreadable
-        key is one line, not one per host. (kind, error), as fan_out's `before`."""
+        key is one line, not one per host. (kind, error), as fan_out's `before`.
+        Through the helper the key is not loaded here (that is the helper's saving): its
+        files are only looked at, and the helper reports what else is wrong."""
         try:
-            self.options.tls_context()
+            if self.options.mux:
+                self.options.check_identity_files()
+            else:
+                self.options.tls_context()
         except TransportError as exc:
             return UNREACHABLE, str(exc)
         except OSError as exc:

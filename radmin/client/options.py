@@ -79,11 +79,11 @@ class ClientOptions:
             if self._context is None:
                 from radmin.tls import client_context
 
-                self._check_identity_files()
+                self.check_identity_files()
                 self._context = client_context(self.home.key, self.home.cert)
             return self._context
 
-    def _check_identity_files(self) -> None:
+    def check_identity_files(self) -> None:
         """Both files exist and the key is owner-only, as ssh insists for its own keys:
         a key others can read is as good as theirs. One stat of the key, on every start."""
         try:
