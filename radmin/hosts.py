@@ -179,9 +179,7 @@ _NO_USER = (
     "{entry!r}: HOSTS names no user: each daemon runs your commands and writes your files "
     "as the run_as user its radmind.yaml sets for this client; write {host!r}"
 )
-_STR, _INT, _NULL, _BOOL = (
-    f"tag:yaml.org,2002:{kind}" for kind in ("str", "int", "null", "bool")
-)
+_STR, _INT, _NULL, _BOOL = (f"tag:yaml.org,2002:{kind}" for kind in ("str", "int", "null", "bool"))
 
 
 class _BookReader:
@@ -215,8 +213,7 @@ class _BookReader:
                 self.fail(
                     key_node,
                     name,
-                    "unknown key (config.yaml has hosts:, groups:, heartbeat_interval: "
-                    "and mux:)",
+                    "unknown key (config.yaml has hosts:, groups:, heartbeat_interval: and mux:)",
                 )
         return HostBook(aliases, groups, heartbeat, mux=mux)
 

@@ -1858,8 +1858,9 @@ medians; ratios are radmin / anchor; wall times of whole commands, start-up incl
   closed after each run), the same with pipelining, and `ansible_connection=local` (no
   transport: Ansible's own cost). `radmin + mux` is the plugin with its `mux` option (its
   default): the first task starts the `radmin-cli mux` helper, which is stopped after
-  each run, so every run starts cold as ssh's masters do; `radmin` is `mux=false`. The plugin's profile (`ANSIBLE_RADMIN_PROFILE`) splits
-  radmin's share into import, connect, exec (and the command's run time on the host), put.
+  each run, so every run starts cold as ssh's masters do; `radmin` is `mux=false`. The
+  plugin's profile (`ANSIBLE_RADMIN_PROFILE`) splits radmin's share into import,
+  connect, exec (and the command's run time on the host), put.
 """
 
 

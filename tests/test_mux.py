@@ -378,3 +378,31 @@ def test_exec_through_a_running_helper_loads_no_key_and_imports_nothing_heavy(ho
         found = imported_by(argv, env=cli_env(home))
         assert "radmin.mux.client" in found
         assert not found & (HEAVY | {"radmin.tls", "radmin.mux.server"}), sorted(found & HEAVY)
+
+
+def test_a_frozen_daemon_reads_as_it_does_without_the_helper(home, daemon):
+    """The helper falls silent when its daemon does: the client's own heartbeats judge
+    it and print the direct client's words, exit 255."""
+    from tests.test_heartbeat import frozen
+
+    marker = new_marker()
+    client = start_cli(
+        home,
+        "exec",
+        "--mux",
+        "-n",
+        "--heartbeat-interval",
+        "0.5",
+        daemon.address,
+        f"sleep {marker}",
+        stderr=subprocess.PIPE,
+    )
+    wait_for_processes(marker, 1, exclude=(client.pid,), timeout=20)
+    assert daemon.proc is not None
+    with frozen(daemon.proc):
+        _, stderr = client.communicate(timeout=30)
+    assert client.returncode == 255, stderr
+    assert f"no answer from {daemon.address} for 1.5 s while running the command".encode() in (
+        stderr
+    )
+    wait_until_gone(marker, timeout=15)

@@ -188,7 +188,7 @@ def start_helper(home: ClientHome, idle_timeout: float | None) -> bool:
     try:
         # "ready" once it listens; EOF if it found another helper alive or failed.
         if wait_ready({helper.stdout.fileno(): select.POLLIN}, START_WAIT_S):
-            helper.stdout.read1(64)
+            os.read(helper.stdout.fileno(), 64)
         return True
     finally:
         helper.stdout.close()

@@ -33,7 +33,7 @@ import argparse
 import os
 import sys
 
-from radmin.mux import DEFAULT_IDLE_TIMEOUT, LOCK, MUX_FIELD, MuxDir
+from radmin.mux import DEFAULT_IDLE_TIMEOUT, LOCK, MuxDir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(0)
     from radmin.identity import ClientHome
 
-    return run(ClientHome.resolve(args.home), args.idle_timeout, ready_fd=1 if args.detach else None)
+    return run(
+        ClientHome.resolve(args.home), args.idle_timeout, ready_fd=1 if args.detach else None
+    )
 
 
 def run(home: ClientHome, idle_timeout: float, ready_fd: int | None = None) -> int:

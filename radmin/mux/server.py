@@ -13,7 +13,14 @@ import time
 
 from radmin.client.connection import Connection, connect
 from radmin.client.options import ClientOptions
-from radmin.errors import Cancelled, ConnectionClosed, ProtocolError, RadminError, TransportError
+from radmin.errors import (
+    Cancelled,
+    ConnectionClosed,
+    PeerSilent,
+    ProtocolError,
+    RadminError,
+    TransportError,
+)
 from radmin.hosts import Target
 from radmin.mux import MUX_FIELD
 from radmin.protocol import HIGH_WATER, FrameSocket, FrameType, wait_ready
@@ -345,7 +352,9 @@ def _parse_open(message: dict[str, Any]) -> tuple[PoolKey, Target, float | None]
     if fingerprint is not None and not isinstance(fingerprint, str):
         raise ValueError("host_fingerprint must be a string")
     beat = message.get("heartbeat")
-    heartbeat = float(beat) if isinstance(beat, int | float) and not isinstance(beat, bool) else None
+    heartbeat = (
+        float(beat) if isinstance(beat, int | float) and not isinstance(beat, bool) else None
+    )
     float(message["connect_timeout"])
     key: PoolKey = (host, port, fingerprint, bool(message.get("strict_host_key")), heartbeat or 0.0)
     return key, Target(label, host, port), heartbeat
@@ -373,10 +382,34 @@ class Relay:
             self._pump()
         except _ClientLeft:
             return self.daemon_ok and not self.in_request and self._drain(self.daemon)
+        except _DaemonSilent:
+            self.daemon_ok = False
+            self._go_silent()
         except _DaemonLeft:
             self.daemon_ok = False
             self._drain(self.client)
         return False
+
+    def _go_silent(self) -> None:
+        """The daemon fell silent mid-request (frozen, cut off): fall silent in turn, so
+        the client judges it by its own heartbeats and says what a direct client says
+        ("no answer from HOST for N s while PHASE"), then closes. Bounded: the client's
+        three intervals, and a second to spare."""
+        dead_after = self.client.dead_after
+        if dead_after is None:
+            return
+        deadline = time.monotonic() + dead_after + 1.0
+        sock = self.client.sock
+        while (left := deadline - time.monotonic()) > 0:
+            if not wait_ready({sock.fileno(): select.POLLIN}, left):
+                return
+            try:
+                if not sock.recv(64 * 1024):  # its heartbeats are dropped unread
+                    return
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
 
     def _pump(self) -> None:
         client, daemon = self.client, self.daemon
@@ -385,7 +418,12 @@ class Relay:
             client.watch_peer = daemon.watch_peer = self.in_request
             now = time.monotonic()
             self._guard(_ClientLeft, client.keep_alive, now)
-            self._guard(_DaemonLeft, daemon.keep_alive, now)
+            try:
+                daemon.keep_alive(now)
+            except PeerSilent as exc:
+                raise _DaemonSilent(str(exc)) from None
+            except (OSError, RadminError) as exc:
+                raise _DaemonLeft(str(exc)) from None
             self._guard(_ClientLeft, client.flush)
             self._guard(_DaemonLeft, daemon.flush)
             moved = self._move(client, daemon, _ClientLeft, self._from_client)
@@ -458,4 +496,8 @@ class _ClientLeft(Exception):
 
 
 class _DaemonLeft(Exception):
-    """The daemon connection closed, broke or fell silent."""
+    """The daemon connection closed or broke."""
+
+
+class _DaemonSilent(_DaemonLeft):
+    """Nothing from the daemon for three heartbeat intervals during a request."""
