@@ -315,22 +315,24 @@ def configured_heartbeat_interval(config_path: os.PathLike[str] | str) -> float:
 
 def configured_mux(config_path: os.PathLike[str] | str) -> bool:
     """config.yaml's `mux` (default false). yaml (~40 ms to import) stays off the start-up
-    path: a file that does not mention it is not parsed, and one whose only mention is a
-    plain top-level `mux: true` or `mux: false` line is read without yaml; any other
-    mention is parsed (and checked) whole."""
+    path: a file that mentions it only in comments is not parsed, and one whose only
+    mention is a plain top-level `mux: true` or `mux: false` line is read without yaml;
+    any other mention is parsed (and checked) whole."""
     try:
         with open(config_path, "rb") as f:
             text = f.read()
     except OSError:
         return False
-    mentions = text.count(b"mux")
-    if not mentions:
+    if b"mux" not in text:
         return False
     import re
 
-    plain = list(re.finditer(rb"^mux: *(true|false) *(?:#[^\n]*)?$", text, re.MULTILINE))
-    if len(plain) == 1 and plain[0].group(0).count(b"mux") == mentions:
-        return plain[0].group(1) == b"true"
+    mentions = [code for line in text.splitlines() if b"mux" in (code := line.split(b"#")[0])]
+    if not mentions:
+        return False
+    plain = re.fullmatch(rb"mux: *(true|false) *", mentions[0])
+    if len(mentions) == 1 and plain:
+        return plain.group(1) == b"true"
     return HostBook.load(config_path).mux
 
 

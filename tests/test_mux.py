@@ -406,3 +406,22 @@ def test_a_frozen_daemon_reads_as_it_does_without_the_helper(home, daemon):
         stderr
     )
     wait_until_gone(marker, timeout=15)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", False),
+        ("mux: true\n", True),
+        ("mux: false  # radmin-cli mux\n", False),
+        ("# mux: true   # commented out\nhosts:\n  web1: 10.0.0.1\n", False),
+        ("hosts:\n  web1: 10.0.0.1\nmux: yes\n", True),  # YAML 1.1 booleans: parsed
+        ("hosts:\n  mux: 10.0.0.1\n", False),  # an alias named mux
+    ],
+)
+def test_config_yaml_mux_key(tmp_path, text, expected):
+    from radmin.hosts import configured_mux
+
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    assert configured_mux(path) is expected
