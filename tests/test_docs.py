@@ -98,7 +98,12 @@ SYSTEM_PATHS = (
     "/var/log",
 )
 FIRST_TIME = (("radmind", "init"), ("radmin-cli", "keygen"))
-HOME_OF_FILE = {"README.md": "ops", "docs/install.md": "install", "docs/fanout.md": "ops"}
+HOME_OF_FILE = {
+    "README.md": "ops",
+    "docs/install.md": "install",
+    "docs/fanout.md": "ops",
+    "docs/ansible.md": "ops",
+}
 LOCAL_FILES = {
     "nginx.conf": "events {}\n",
     "app.env": "DEPLOY_ENV=test\n",

@@ -425,3 +425,16 @@ def test_config_yaml_mux_key(tmp_path, text, expected):
     path = tmp_path / "config.yaml"
     path.write_text(text)
     assert configured_mux(path) is expected
+
+
+def test_clients_starting_helpers_at_once_all_use_the_one_that_won(home, daemon):
+    clients = [
+        start_cli(home, "exec", "--mux", daemon.address, "echo hi", stdout=subprocess.PIPE)
+        for _ in range(6)
+    ]
+    for client in clients:
+        out, _ = client.communicate(timeout=60)
+        assert (client.returncode, out) == (0, b"hi\n")
+    log = (home.path / "mux" / "log").read_text()
+    assert log.count("mux_started") == 1, log
+    assert log.count("] session ") == 6, log  # none of them went direct

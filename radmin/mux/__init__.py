@@ -31,6 +31,8 @@ SOCK = "sock"
 LOCK = "lock"
 LOG = "log"
 DEFAULT_IDLE_TIMEOUT = 60.0
+# How long a starter waits for a new helper to listen (its start-up is ~0.1-0.3 s).
+START_WAIT_S = 1.0
 # The first frame a client sends is a HELLO whose "mux" field says what it wants:
 # "open" (a session to one daemon), "status" or "stop". The helper's answers are HELLOs
 # too, "mux": "ok" / "error" / "status" / "stopping" (docs/protocol.md, "The local

@@ -24,7 +24,7 @@ import time
 
 from radmin import __version__
 from radmin import errors as _errors
-from radmin.mux import DEFAULT_IDLE_TIMEOUT, LOG, MUX_FIELD, MuxDir
+from radmin.mux import DEFAULT_IDLE_TIMEOUT, LOG, MUX_FIELD, START_WAIT_S, MuxDir
 from radmin.protocol import FrameSocket, FrameType, wait_ready
 
 TYPE_CHECKING = False
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
     from radmin.hosts import Target
     from radmin.identity import ClientHome
 
-# How long a starter waits for a new helper to listen (its start-up is ~0.1-0.3 s).
-START_WAIT_S = 1.0
 # Exception types the helper may name in an error answer: only these are rebuilt.
 _RAISABLE = (_errors.TransportError, _errors.Cancelled)
 _UCRED = struct.Struct("3i")

@@ -33,7 +33,7 @@ import argparse
 import os
 import sys
 
-from radmin.mux import DEFAULT_IDLE_TIMEOUT, LOCK, MuxDir
+from radmin.mux import DEFAULT_IDLE_TIMEOUT, LOCK, START_WAIT_S, MuxDir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -68,28 +68,48 @@ def run(home: ClientHome, idle_timeout: float, ready_fd: int | None = None) -> i
     0 at once with "already running" when another helper owns it."""
     import fcntl
 
-    from radmin import log
-
-    log.configure(level="info", fmt="console", stream=sys.stderr)
-    logger = log.get_logger(helper_pid=os.getpid())
     mux = MuxDir.open(home, create=True)
     assert mux is not None
     lock_fd = mux.open_file(LOCK, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        print(f"radmin-cli mux: already running for {home.path}", file=sys.stderr)
         os.close(lock_fd)
+        _wait_listening(mux, START_WAIT_S)
+        print(f"radmin-cli mux: already running for {home.path}", file=sys.stderr)
         return 0
+    # Listening first, the heavy imports after: clients queue on the listener meanwhile.
     listener = _listen(mux)
     if ready_fd is not None:
         _say_ready(ready_fd)
+    from radmin import log
     from radmin.mux.server import Helper
+
+    log.configure(level="info", fmt="console", stream=sys.stderr)
+    logger = log.get_logger(helper_pid=os.getpid())
 
     helper = Helper(home, mux, listener, lock_fd, idle_timeout, logger)
     logger.info("mux_started", home=str(home.path), idle_timeout=idle_timeout)
     helper.serve()
     return 0
+
+
+def _wait_listening(mux: MuxDir, seconds: float) -> None:
+    """Another helper holds the lock but may not listen yet (several clients started one
+    at once): wait until it does, so our starter finds it when we say we are done."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            probe.connect(mux.sock_path)
+            return  # it listens (the probe's session ends at once: it sends nothing)
+        except OSError:
+            time.sleep(0.01)  # between its flock() and its listen(): microseconds
+        finally:
+            probe.close()
 
 
 def _listen(mux: MuxDir) -> socket.socket:
