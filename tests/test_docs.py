@@ -292,6 +292,8 @@ def world(tmp_path_factory) -> Iterator[World]:
             (home.path / "config.yaml").write_text(_client_config(listeners))
         yield World(base, root, work, config, listeners, homes)
     finally:
+        for home in homes.values():  # docs/ansible.md's lines start radmin-cli mux
+            run_cli(home, "mux", "--stop")
         daemon.stop()
 
 
