@@ -438,3 +438,12 @@ def test_clients_starting_helpers_at_once_all_use_the_one_that_won(home, daemon)
     log = (home.path / "mux" / "log").read_text()
     assert log.count("mux_started") == 1, log
     assert log.count("] session ") == 6, log  # none of them went direct
+
+
+def test_no_helper_to_be_had_means_a_direct_connection(home, daemon):
+    (home.path / "mux").write_text("not a folder\n")
+    before = authenticated(daemon)
+    run = mux_exec(home, daemon, "echo direct")
+    assert (run.returncode, run.stdout) == (0, b"direct\n"), run.stderr
+    assert authenticated(daemon) - before == 1
+    assert run_cli(home, "mux", "--status").returncode == 1

@@ -79,7 +79,7 @@ def connect_through_helper(target: Target, options: ClientOptions) -> Connection
     started = time.monotonic()
     try:
         frames, answer = _open(target, options)
-    except HelperGone:
+    except (HelperGone, OSError):  # no helper to be had (a read-only home...): go direct
         return None
     for warning in answer.get("warnings", []):
         options.warn(str(warning))

@@ -286,17 +286,19 @@ class Session:
         hello.pop("heartbeat", None)
         if heartbeat is not None:
             hello["heartbeat"] = heartbeat
-        self.client.send_json(
-            FrameType.HELLO,
-            {
-                MUX_FIELD: "ok",
-                "fingerprint": entry.conn.server_fingerprint,
-                "connect_s": round(time.monotonic() - started, 6),
-                "reused": reused,
-                "warnings": warnings,
-            },
-        )
-        self.client.send_json(FrameType.HELLO, hello)
+        answer = {
+            MUX_FIELD: "ok",
+            "fingerprint": entry.conn.server_fingerprint,
+            "connect_s": round(time.monotonic() - started, 6),
+            "reused": reused,
+            "warnings": warnings,
+        }
+        try:
+            self.client.send_json(FrameType.HELLO, answer)
+            self.client.send_json(FrameType.HELLO, hello)
+        except (OSError, RadminError):  # the client left first: nothing was sent onwards
+            self.helper.pool.give_back(key, entry)
+            return
         if heartbeat is not None:
             self.client.start_heartbeat(heartbeat)
         daemon = entry.conn.frames
