@@ -752,10 +752,12 @@ class Bench:
             f'"{self.ansible_dir}/remote-tmp/**"], get: ["{self.work}/data/**"]}}\n'
             f"put: {{default_dir: {self.put_dir}}}\n"
             f"state_dir: {self.work / 'radmind-state'}\n"
-            # Every alias is this one daemon: room for a connection per alias at once,
-            # as 1,000 real daemons would each have one.
+            # Every alias is this one daemon: room for a connection (command, upload) per
+            # alias at once, as 1,000 real daemons would each have one -- the playbook's 20
+            # hosts copying at once went over the default 16 uploads per client.
             "limits: {shutdown_grace: 5, max_connections: 2048,\n"
-            "         per_client: {max_connections: 2048, max_processes: 2048}}\n"
+            "         per_client: {max_connections: 2048, max_processes: 2048,\n"
+            "                      max_uploads: 2048}}\n"
             f"log: {{level: info, format: json, file: {self.work / 'radmind.log'}}}\n"
         )
         (self.work / "radmind-state").mkdir(exist_ok=True)

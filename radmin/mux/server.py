@@ -474,7 +474,11 @@ class Relay:
             | (select.POLLOUT if daemon.queued else 0),
         }
         waits = [w for w in (client.heartbeat_wait(), daemon.heartbeat_wait()) if w is not None]
-        if daemon.buffered or client.buffered:
+        # A frame already buffered on one side: no wait, unless its way on is full (then
+        # the other side's POLLOUT is what to wait for; no spinning).
+        if (daemon.buffered and client.queued < HIGH_WATER) or (
+            client.buffered and daemon.queued < HIGH_WATER
+        ):
             waits.append(0.0)
         wait_ready(interest, min(waits) if waits else None)
 
