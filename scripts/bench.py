@@ -1559,6 +1559,7 @@ class Bench:
         self.write_playbook(hosts)
         profile = self.ansible_dir / "radmin-profile.jsonl"
         mux_profile = self.ansible_dir / "radmin-mux-profile.jsonl"
+        mux_profile.unlink(missing_ok=True)  # this section's runs only
         samples = Samples()
 
         def playbook(variant: str) -> Callable[[], float]:
