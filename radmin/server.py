@@ -425,6 +425,9 @@ class Session(socketserver.BaseRequestHandler):
             "protocol": max(common),
             "software": f"radmind/{__version__}",
             "client": client.name,
+            # How long an idle connection lives: a client keeping connections for reuse
+            # (radmin/mux) hands one out only while it is well within this.
+            "idle_timeout": config.limits.idle_timeout,
         }
         if interval is not None:
             reply["heartbeat"] = interval

@@ -678,7 +678,13 @@ class FleetCpu:
 
 PLAYBOOK_HOSTS = 20
 PLAYBOOK_TASKS = 10
-PLAYBOOK_VARIANTS = ("radmin", "ssh ControlPersist", "ssh + pipelining", "local (no transport)")
+PLAYBOOK_VARIANTS = (
+    "radmin",
+    "radmin + mux",
+    "ssh ControlPersist",
+    "ssh + pipelining",
+    "local (no transport)",
+)
 # What a configuration-management run does on each host: commands, files, a template,
 # facts about a file, a service-like status check. Destinations are removed before each run,
 # so every run changes the same files.
@@ -823,12 +829,14 @@ class Bench:
             f'"{self.ansible_dir}/remote-tmp/**"], get: ["{self.work}/data/**"]}}\n'
             f"put: {{default_dir: {self.put_dir}}}\n"
             f"state_dir: {self.work / 'radmind-state'}\n"
-            # Every alias is this one daemon: room for a connection per alias at once,
-            # as 1,000 real daemons would each have one.
-            # One source address (127.0.0.1) opens them all: the startup limits too.
+            # Every alias is this one daemon: room for a connection (command, upload) per
+            # alias at once, as 1,000 real daemons would each have one -- the playbook's 20
+            # hosts copying at once went over the default 16 uploads per client. One
+            # source address (127.0.0.1) opens them all: the startup limits too.
             "limits: {shutdown_grace: 5, max_connections: 2048, max_startups: 2048,\n"
             "         max_startups_per_source: 2048,\n"
-            "         per_client: {max_connections: 2048, max_processes: 2048}}\n"
+            "         per_client: {max_connections: 2048, max_processes: 2048,\n"
+            "                      max_uploads: 2048}}\n"
             f"log: {{level: info, format: json, file: {self.work / 'radmind.log'}}}\n"
         )
         (self.work / "radmind-state").mkdir(exist_ok=True)
@@ -1022,14 +1030,31 @@ class Bench:
         kex = "KexAlgorithms=curve25519-sha256"
         commands = {
             "radmin-cli exec": [self.rcli, "exec", self.rtarget, "true"],
+            # Through `radmin-cli mux` (started by the warm-up run, kept by the others):
+            # the radmin-cli start and a Unix socket, no TCP, TLS or key loading.
+            "radmin-cli exec --mux": [self.rcli, "exec", "--mux", self.rtarget, "true"],
             "ssh (default KEX)": [*self.ssh(), "true"],
             "ssh curve25519": [*self.ssh("-o", kex), "true"],
         }
         tools = {tool: self.timed(cmd, 30, env) for tool, cmd in commands.items()}
-        alternate("cold exec (warm-up)", tools, dict.fromkeys(tools, 1), Samples())
-        samples = Samples()
-        alternate("cold exec true", tools, dict.fromkeys(tools, self.plan.cold), samples)
+        try:
+            alternate("cold exec (warm-up)", tools, dict.fromkeys(tools, 1), Samples())
+            samples = Samples()
+            alternate("cold exec true", tools, dict.fromkeys(tools, self.plan.cold), samples)
+        finally:
+            self.stop_mux()
         self.raw["cold"] = samples.__dict__
+        self.rows.append(
+            Row(
+                "cold `exec true` through `radmin-cli mux`",
+                "radmin-cli exec (direct)",
+                samples.median("radmin-cli exec --mux"),
+                "s",
+                samples.median("radmin-cli exec"),
+                None,
+                samples.runs("radmin-cli exec --mux", "radmin-cli exec"),
+            )
+        )
         radmin = samples.median("radmin-cli exec")
         for anchor, limit in (("ssh (default KEX)", 0.2), ("ssh curve25519", 0.5)):
             self.rows.append(
@@ -1043,6 +1068,10 @@ class Bench:
                     samples.runs("radmin-cli exec", anchor),
                 )
             )
+
+    def stop_mux(self) -> None:
+        """End the bench home's `radmin-cli mux` helper, if one runs (exit 1 if none)."""
+        subprocess.run([self.rcli, "mux", "--stop"], env=self.env(), capture_output=True)
 
     @staticmethod
     def timed(cmd: list[str], timeout: float, env: dict[str, str]) -> Callable[[], float]:
@@ -1709,13 +1738,16 @@ class Bench:
         hosts = PLAYBOOK_HOSTS
         self.write_playbook(hosts)
         profile = self.ansible_dir / "radmin-profile.jsonl"
+        mux_profile = self.ansible_dir / "radmin-mux-profile.jsonl"
+        mux_profile.unlink(missing_ok=True)  # this section's runs only
         samples = Samples()
 
         def playbook(variant: str) -> Callable[[], float]:
             def measure() -> float:
                 if variant == "radmin":  # the profile of radmin's last run is kept
                     profile.unlink(missing_ok=True)
-                return self.run_playbook(variant, profile).seconds
+                target = profile if variant == "radmin" else mux_profile
+                return self.run_playbook(variant, target).seconds
 
             return measure
 
@@ -1732,8 +1764,22 @@ class Bench:
             row = Row(what, anchor, radmin, "s", samples.median(anchor), target)
             row.runs = samples.runs("radmin", anchor)
             self.rows.append(row)
+        mux = samples.median("radmin + mux")
+        for anchor in ("radmin", "ssh ControlPersist", "ssh + pipelining"):
+            row = Row(f"{what}, radmin + mux", anchor, mux, "s", samples.median(anchor))
+            row.runs = samples.runs("radmin + mux", anchor)
+            self.rows.append(row)
         if profile.exists():  # the last radmin run's profile
             self.raw["playbook_profile"] = self.playbook_profile(profile, samples, hosts)
+        if mux_profile.exists():  # every radmin + mux run's, for the connection count
+            lines = [json.loads(line) for line in mux_profile.read_text().splitlines() if line]
+            runs = max(1, len(samples.values.get("radmin + mux", [])))
+            self.raw["playbook_mux"] = {
+                "sessions per run": sum(1 for line in lines if line["phase"] == "connect") / runs,
+                "connect ms per session": 1000
+                * median([line["s"] for line in lines if line["phase"] == "connect"] or [0.0]),
+            }
+            log(f"  playbook through mux: {self.raw['playbook_mux']}")
 
     def write_playbook(self, hosts: int) -> None:
         """The project: site.yml, a template, a 4 KiB file, one inventory per transport."""
@@ -1786,6 +1832,10 @@ class Bench:
             ANSIBLE_PIPELINING="True" if variant == "ssh + pipelining" else "False",
             ANSIBLE_COLLECTIONS_PATH=str(self.root),
             ANSIBLE_RADMIN_PROFILE=str(profile),
+            # "radmin": a connection per task and host; "radmin + mux": through the
+            # helper, which the first task starts and which is stopped after the run (a
+            # cold start each time, as the ControlPersist masters are closed).
+            ANSIBLE_RADMIN_MUX="true" if variant == "radmin + mux" else "false",
         )
         # radmin's venv: the plugin imports radmin (scripts/bench adds ansible-core to it).
         cmd = [
@@ -1798,6 +1848,8 @@ class Bench:
             outcome = run(cmd, 900, env=env, cwd=project)
         finally:
             self.close_masters(control_dir)
+            if variant == "radmin + mux":
+                self.stop_mux()
         if "failed=0" not in outcome.stdout or "unreachable=0" not in outcome.stdout:
             raise Failed(f"{variant}: a host failed: {outcome.stdout[-400:]}")
         return outcome
@@ -1957,6 +2009,9 @@ medians; ratios are radmin / anchor; wall times of whole commands, start-up incl
 - cold exec: `radmin-cli exec 127.0.0.1:PORT true` vs `ssh -F CFG -p PORT root@127.0.0.1 true`,
   a new connection each. sshd's `SetEnv HOME=` points at an empty folder, so the remote
   bash reads no rc files, like radmind's `/bin/sh -c`. The client home holds the 200 aliases.
+  `radmin-cli exec --mux` goes through the home's `radmin-cli mux` helper, which the
+  warm-up run starts and the timed runs find with a pooled connection (ControlPersist's
+  case); it is stopped at the end of the section.
 - fan-out: 200 aliases of one daemon (radmin `config.yaml`) and of one sshd (pssh hosts
   file, Ansible inventory); parallelism = hosts. The parallel-ssh library is timed as a whole
   script run, imports included (its in-process time around `run_command`+`join` is noted).
@@ -1991,8 +2046,11 @@ medians; ratios are radmin / anchor; wall times of whole commands, start-up incl
   run; one ansible-core (in radmin's venv) for all: radmin.fleet.radmin (pipelining, its
   default), ssh with Ansible's defaults (ControlPersist, one ControlPath per alias, masters
   closed after each run), the same with pipelining, and `ansible_connection=local` (no
-  transport: Ansible's own cost). The plugin's profile (`ANSIBLE_RADMIN_PROFILE`) splits
-  radmin's share into import, connect, exec (and the command's run time on the host), put.
+  transport: Ansible's own cost). `radmin + mux` is the plugin with its `mux` option (its
+  default): the first task starts the `radmin-cli mux` helper, which is stopped after
+  each run, so every run starts cold as ssh's masters do; `radmin` is `mux=false`. The
+  plugin's profile (`ANSIBLE_RADMIN_PROFILE`) splits radmin's share into import,
+  connect, exec (and the command's run time on the host), put.
 """
 
 

@@ -86,6 +86,8 @@ def test_plain_ping_imports_nothing_heavy(daemon, client_home):
         ["exec", "-t", "5", "web1", "sleep", "1"],
         ["exec", "-t", "0.5", "-n", "web1", "true"],
         ["exec", "-n", "-t", "1e3", "web1", "true"],
+        ["exec", "--mux", "web1", "true"],
+        ["exec", "-n", "--mux", "-t", "2", "web1", "true"],
         ["exec", "web1", "git", "log", "--", "README.md"],
         ["exec", "web1", "sh", "-c", "exit 3"],
         ["ping", "web1"],

@@ -98,7 +98,12 @@ SYSTEM_PATHS = (
     "/var/log",
 )
 FIRST_TIME = (("radmind", "init"), ("radmin-cli", "keygen"))
-HOME_OF_FILE = {"README.md": "ops", "docs/install.md": "install", "docs/fanout.md": "ops"}
+HOME_OF_FILE = {
+    "README.md": "ops",
+    "docs/install.md": "install",
+    "docs/fanout.md": "ops",
+    "docs/ansible.md": "ops",
+}
 LOCAL_FILES = {
     "nginx.conf": "events {}\n",
     "app.env": "DEPLOY_ENV=test\n",
@@ -287,6 +292,8 @@ def world(tmp_path_factory) -> Iterator[World]:
             (home.path / "config.yaml").write_text(_client_config(listeners))
         yield World(base, root, work, config, listeners, homes)
     finally:
+        for home in homes.values():  # docs/ansible.md's lines start radmin-cli mux
+            run_cli(home, "mux", "--stop")
         daemon.stop()
 
 

@@ -188,6 +188,12 @@ def _connection_options(sub: argparse.ArgumentParser) -> None:
         help="send a heartbeat after this long without sending; a host silent for three "
         "intervals is dead (default: config.yaml's heartbeat_interval, else 10)",
     )
+    sub.add_argument(
+        "--mux",
+        action="store_true",
+        help="connect through this home's helper (radmin-cli mux), starting it if none "
+        "runs (default: config.yaml's mux, else a direct connection)",
+    )
     _home_option(sub)
 
 
@@ -282,6 +288,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     get = _get_parser(commands)
     shell = _shell_parser(commands)
+    _mux_parser(commands)  # no operands: argparse alone reads it
     return parser, {"ping": ping, "exec": run, "put": put, "get": get, "shell": shell}
 
 
@@ -324,6 +331,32 @@ def _shell_parser(
     _connection_options(shell)
     shell.add_argument("hosts", metavar="HOST", help="host[:port] or alias")
     return shell
+
+
+def _mux_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """`mux`: the client home's connection helper (radmin/mux), ssh's ControlPersist."""
+    mux = commands.add_parser(
+        "mux",
+        help="keep daemon connections open between runs, in the foreground (ControlPersist)",
+        usage="radmin-cli mux [--idle-timeout SECONDS | --stop | --status] [--home DIR]",
+        allow_abbrev=False,
+    )
+    mux.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=60.0,  # radmin.mux.DEFAULT_IDLE_TIMEOUT
+        metavar="SECONDS",
+        help="exit after this long with no client (default 60, as ControlPersist=60s)",
+    )
+    which = mux.add_mutually_exclusive_group()
+    which.add_argument("--stop", action="store_true", help="end this home's running helper")
+    which.add_argument(
+        "--status", action="store_true", help="say whether a helper runs (exit 0) or not (1)"
+    )
+    _home_option(mux)
+    return mux
 
 
 # Commands whose options may come after their operands; exec's COMMAND starts after HOSTS.

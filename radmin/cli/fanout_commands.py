@@ -100,6 +100,7 @@ class Run:
             run_id=self.run_id,
             heartbeat_interval=heartbeat,
             retries=getattr(args, "retry", 0),
+            mux=args.mux or self._configured_mux(),
         )
         self._warned_host_key = False  # the full warning is given once
         self._lock = threading.Lock()
@@ -107,6 +108,14 @@ class Run:
             count = len(self.targets)
             hosts = fold(target.label for target in self.targets)
             error(f"run id {self.run_id}, {count} host{'s' * (count > 1)}: {hosts}")
+
+    def _configured_mux(self) -> bool:
+        from radmin.hosts import configured_mux
+
+        try:
+            return configured_mux(self.home.config)
+        except HostSpecError as exc:
+            raise UsageError(str(exc)) from None
 
     @property
     def quiet(self) -> bool:
@@ -172,9 +181,14 @@ class Run:
 
     def _identity_problem(self) -> tuple[str, str] | None:
         """This client's identity, loaded once before any host: a missing or unreadable
-        key is one line, not one per host. (kind, error), as fan_out's `before`."""
+        key is one line, not one per host. (kind, error), as fan_out's `before`.
+        Through the helper the key is not loaded here (that is the helper's saving): its
+        files are only looked at, and the helper reports what else is wrong."""
         try:
-            self.options.tls_context()
+            if self.options.mux:
+                self.options.check_identity_files()
+            else:
+                self.options.tls_context()
         except TransportError as exc:
             return UNREACHABLE, str(exc)
         except OSError as exc:

@@ -10,7 +10,7 @@ interpreter's orderly shutdown (module teardown, a last garbage collection) anot
   * disables the cyclic garbage collector while modules are imported and the command
     line is read (radmin_cli.main turns it back on before any host is contacted: a
     long fan-out must not grow without bound);
-  * reads `exec [-n] [-t SECONDS] HOST COMMAND...` and `ping HOST` itself -- nothing
+  * reads `exec [-n] [-t SECONDS] [--mux] HOST COMMAND...` and `ping HOST` itself -- nothing
     else. A word it does not know, an option after HOST, `--`, a bad number: the full
     parser takes the whole command line, so its error messages and its rules (options
     after HOSTS, as ssh) stay the only ones. tests/test_cold_start.py checks that both
@@ -43,6 +43,7 @@ _FANOUT_DEFAULTS: dict[str, object] = {
     "host_fingerprint": None,
     "connect_timeout": 10.0,  # radmin.DEFAULT_CONNECT_TIMEOUT
     "heartbeat_interval": None,  # config.yaml's, else radmin.protocol.HEARTBEAT_INTERVAL
+    "mux": False,  # config.yaml's mux decides (radmin/cli/fanout_commands.py)
     "home": None,
     "exclude": None,
     "retry": 0,
@@ -86,9 +87,9 @@ def plain_command(argv: list[str]) -> SimpleNamespace | None:
         return None
     options = dict(_EXEC_DEFAULTS)
     words = argv[1:]
-    while words and words[0] in ("-n", "-t"):
-        if words[0] == "-n":
-            options["no_stdin"] = True
+    while words and words[0] in ("-n", "-t", "--mux"):
+        if words[0] in ("-n", "--mux"):
+            options["no_stdin" if words[0] == "-n" else "mux"] = True
             words = words[1:]
             continue
         if len(words) < 2 or (seconds := _seconds(words[1])) is None:

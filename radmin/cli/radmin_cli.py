@@ -119,6 +119,10 @@ def _command(name: str) -> Any:
         from radmin.cli.shell_command import shell_command
 
         return shell_command
+    if name == "mux":
+        from radmin.cli.mux_command import mux_command
+
+        return mux_command
     return {"keygen": _keygen, "fingerprint": _fingerprint}[name]
 
 

@@ -76,6 +76,7 @@ def shell_command(args: argparse.Namespace, home: ClientHome) -> int:
         cancel_fd=stop.fd,
         run_id=run_id,
         heartbeat_interval=args.heartbeat_interval,  # None: config.yaml's, else the default
+        mux=args.mux,
     )
     terminal = RawTerminal(sys.stdin.fileno()) if os.isatty(sys.stdin.fileno()) else None
     try:

@@ -127,8 +127,16 @@ def connect(target: Target, options: ClientOptions) -> Connection:
     """TCP, TLS 1.3, the daemon's key checked, HELLO sent: an open Connection.
 
     The hello's answer is read with the first reply (one round trip less); a new host is
-    recorded in known_hosts only once that answer shows it speaks radmin.
+    recorded in known_hosts only once that answer shows it speaks radmin. With
+    `options.mux`, through the client home's helper (radmin/mux) when one can be reached
+    or started: the same checks, errors and Connection, over a Unix socket.
     """
+    if options.mux:
+        from radmin.mux.client import connect_through_helper
+
+        through = connect_through_helper(target, options)
+        if through is not None:
+            return through
     started = time.monotonic()
     context = options.tls_context()
     deadline = started + options.connect_timeout
@@ -262,6 +270,8 @@ class Connection:
         self.server_software = ""
         self._hello_pending = True
         self._new_host = new_host
+        # The daemon's HELLO once received ({} before): the mux helper replays it.
+        self.server_hello: dict[str, Any] = {}
 
     def __enter__(self) -> Connection:
         return self
@@ -326,11 +336,18 @@ class Connection:
             f"(is this client's certificate{ours} listed in its clients:?)"
         )
 
+    def wait_hello(self) -> dict[str, Any]:
+        """Receive the daemon's HELLO now rather than with the first reply (the mux
+        helper must know the connection is authorized before it hands it out)."""
+        self._finish_hello()
+        return self.server_hello
+
     def _finish_hello(self) -> None:
         if not self._hello_pending:
             return
         _, hello = self.receive(FrameType.HELLO)
         self._hello_pending = False
+        self.server_hello = hello
         interval = heartbeat_interval(hello.get("heartbeat"), self.options.heartbeat_interval)
         if interval is not None:
             self.frames.start_heartbeat(interval)

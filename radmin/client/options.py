@@ -37,6 +37,8 @@ class ClientOptions:
         run_id: str | None = None,
         heartbeat_interval: float | None = None,
         retries: int = 0,
+        mux: bool = False,
+        mux_idle_timeout: float | None = None,
     ):
         self.home = home
         self.strict_host_key = strict_host_key
@@ -57,6 +59,11 @@ class ClientOptions:
         # How many more times a fan-out tries a host it could not reach (--retry);
         # radmin.fanout.on_host never retries a request the host may have started.
         self.retries = retries
+        # Connect through the client home's helper (`radmin-cli mux`, radmin/mux), which
+        # keeps daemon connections open between runs; started with this idle timeout
+        # (None: its default) when none runs.
+        self.mux = mux
+        self.mux_idle_timeout = mux_idle_timeout
         self.known_hosts = KnownHosts(home.known_hosts)
         self._context: ssl.SSLContext | None = None
         self._digests: FileDigestCache | None = None
@@ -72,11 +79,11 @@ class ClientOptions:
             if self._context is None:
                 from radmin.tls import client_context
 
-                self._check_identity_files()
+                self.check_identity_files()
                 self._context = client_context(self.home.key, self.home.cert)
             return self._context
 
-    def _check_identity_files(self) -> None:
+    def check_identity_files(self) -> None:
         """Both files exist and the key is owner-only, as ssh insists for its own keys:
         a key others can read is as good as theirs. One stat of the key, on every start."""
         try:

@@ -9,9 +9,12 @@ Errors are mapped once, in `_translated`: a host that cannot be reached, authent
 trusted is UNREACHABLE (AnsibleConnectionFailure), a refusal by the daemon's policy is a
 task failure carrying radmin's own words.
 
-No persistent helper (ssh's ControlPersist): a fresh radmin connection costs a few
-milliseconds of the several hundred Ansible spends per task and host; docs/ansible.md
-has the measurement behind that decision.
+Ansible forks a worker per host and task, so a connection would not outlive its task by
+itself. With the `mux` option (on by default, as ssh's ControlPersist) the worker does
+not connect to the daemon at all: it opens a session through the client home's helper,
+`radmin-cli mux` (radmin/mux), which keeps the authenticated daemon connections between
+tasks and is started detached by the first worker that needs it. If the helper cannot
+be started or reached the worker connects directly. docs/ansible.md has the numbers.
 """
 
 from __future__ import annotations
@@ -118,6 +121,36 @@ options:
         key: connect_timeout
     vars:
       - name: ansible_radmin_connect_timeout
+  mux:
+    description:
+      - Connect through the client home's connection helper (C(radmin-cli mux)), which keeps
+        daemon connections open between tasks, as ssh's C(ControlPersist); the first task
+        that needs it starts it (detached, logging to C(<home>/mux/log)). If it cannot be
+        started or reached, the task connects directly.
+      - The helper's socket is C(<home>/mux/sock) in a 0700 folder, and it serves only its
+        own user (checked with C(SO_PEERCRED)).
+    type: boolean
+    default: true
+    env:
+      - name: ANSIBLE_RADMIN_MUX
+    ini:
+      - section: radmin_connection
+        key: mux
+    vars:
+      - name: ansible_radmin_mux
+  mux_idle_timeout:
+    description:
+      - Seconds a helper started by a task stays with no client before it exits (C(radmin-cli
+        mux --idle-timeout)); a helper already running keeps its own.
+    type: float
+    default: 60
+    env:
+      - name: ANSIBLE_RADMIN_MUX_IDLE_TIMEOUT
+    ini:
+      - section: radmin_connection
+        key: mux_idle_timeout
+    vars:
+      - name: ansible_radmin_mux_idle_timeout
   run_id:
     description:
       - The run id sent with every request and written by every daemon in its log, e.g. a
@@ -176,6 +209,7 @@ _IMPORT_S = time.monotonic() - _import_started
 _IMPORT_PID = os.getpid()
 
 display = Display()
+_AF_UNIX = 1  # socket.AF_UNIX: a session through the helper
 _import_reported: list[bool] = []  # not empty once this process's profile said it
 
 # The daemon's refusal codes as radmin-cli words them (radmin/fanout.py).
@@ -195,7 +229,7 @@ def remote_message(exc: RemoteError) -> str:
 
 
 class Connection(ConnectionBase):
-    """One radmin connection to one host for the length of one task."""
+    """One radmin connection (or helper session) to one host for the length of one task."""
 
     transport = "radmin.fleet.radmin"
     has_pipelining = True
@@ -223,6 +257,7 @@ class Connection(ConnectionBase):
             profile["import_s"] = _IMPORT_S if imported_here else 0.0
             _import_reported.append(True)
             self._radmin = radmin_client.connect(target, self._client_options())
+            profile["via"] = "mux" if self._radmin.frames.sock.family == _AF_UNIX else "direct"
         self._connected = True
         return self
 
@@ -258,6 +293,8 @@ class Connection(ConnectionBase):
             connect_timeout=float(self.get_option("connect_timeout")),
             warn=display.warning,
             run_id=self.get_option("run_id") or None,
+            mux=bool(self.get_option("mux")),
+            mux_idle_timeout=float(self.get_option("mux_idle_timeout")),
         )
 
     @contextlib.contextmanager
