@@ -29,6 +29,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -185,21 +186,31 @@ def run(
     return out
 
 
+GNU_TIME = "/usr/bin/time"  # Debian package `time`; scripts/bench installs it
+
+
 @dataclass
 class Ran:
     """A command run by run_with_rss."""
 
     seconds: float
-    peak_mib: float  # maxrss of the command's own process (its children's not counted)
+    peak_mib: float  # GNU time's %M: the command's peak RSS (and its reaped children's)
     cpu_s: float  # user + system CPU of the command and the children it waited for
 
 
 def run_with_rss(cmd: list[str], timeout: float, env: dict[str, str]) -> Ran:
-    """run() with the child reaped by wait4, whose rusage gives its peak RSS and its CPU
-    (clush's and pssh's reaped ssh processes included)."""
+    """run() with the child reaped by wait4, whose rusage gives its CPU (clush's and
+    pssh's reaped ssh processes included), and its peak RSS as GNU time reports it.
+
+    Not wait4's own ru_maxrss: Linux records the parent's memory high-water mark into a
+    child's maxrss at exec (the child starts as a copy of this process), so every
+    command run after this process once held 1 GiB would "peak" at 1 GiB. GNU time is a
+    tiny C program: the command it forks inherits nothing worth counting."""
     started = time.perf_counter()
+    fd, rss_path = tempfile.mkstemp(prefix="bench-rss-", suffix=".txt")
+    os.close(fd)
     proc = subprocess.Popen(
-        cmd,
+        [GNU_TIME, "-q", "-f", "%M", "-o", rss_path, "--", *cmd],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -228,10 +239,20 @@ def run_with_rss(cmd: list[str], timeout: float, env: dict[str, str]) -> Ran:
         with _children_lock:
             _children.discard(proc)
     reader.join(timeout=10)
+    peak_kib = _read_peak_kib(Path(rss_path))
     if proc.returncode != 0:
         tail = " | ".join(b"".join(errors).decode(errors="replace").strip().splitlines()[-3:])
         raise Failed(f"exit {proc.returncode}: {shlex.join(cmd)}: {tail[:400]}")
-    return Ran(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+    return Ran(seconds, peak_kib / 1024, usage.ru_utime + usage.ru_stime)
+
+
+def _read_peak_kib(path: Path) -> float:
+    """GNU time's %M (KiB), the last line of its output file, which it then loses."""
+    try:
+        lines = path.read_text().split()
+    finally:
+        path.unlink(missing_ok=True)
+    return float(lines[-1]) if lines and lines[-1].isdigit() else float("nan")
 
 
 def raise_fd_limit() -> None:
@@ -1017,10 +1038,15 @@ class Bench:
 
     @staticmethod
     def sha256_speed() -> float:
-        data = b"\x01" * (1 << 30)  # written, so no page faults inside the timed hash
+        # 64 MiB hashed 16 times, not 1 GiB held: this process stays small (its memory
+        # high-water mark would otherwise show in what its children report).
+        data = b"\x01" * (64 << 20)  # written, so no page faults inside the timed hash
+        digest = hashlib.sha256()
         started = time.perf_counter()
-        hashlib.sha256(data).digest()
-        return len(data) / (time.perf_counter() - started) / 1e6
+        for _ in range(16):
+            digest.update(data)
+        digest.digest()
+        return 16 * len(data) / (time.perf_counter() - started) / 1e6
 
     # -- 1. cold exec ------------------------------------------------------------------------
 
@@ -1160,7 +1186,7 @@ class Bench:
 
     def section_fleet(self) -> None:
         """`true` on 1,000 aliases, parallelism = hosts: radmin, radmin -b, clush -f N and
-        pssh -p N, taking turns; wall time, radmin-cli's peak RSS (wait4's maxrss), and the
+        pssh -p N, taking turns; wall time, radmin-cli's peak RSS (GNU time's %M), and the
         CPU of each end per host: the client's (wait4's rusage, the ssh processes clush
         and pssh start included) and the server's (radmind's, or sshd's with its reaped
         per-connection processes)."""
@@ -2021,8 +2047,9 @@ medians; ratios are radmin / anchor; wall times of whole commands, start-up incl
   `radmin-cli exec -p 1000 h[1-1000] true` (and with `-b`), `clush -f 1000 -w h[1-1000]`
   (an ssh config maps `h*` to the private sshd) and `parallel-ssh -p 1000`. radmind's
   `limits.max_connections`, `limits.max_startups(_per_source)` and `limits.per_client`
-  are raised to 2048 (1,000 real daemons would see one connection each). Peak RSS: wait4's
-  maxrss of the client process itself. CPU per host: the client's from wait4's rusage
+  are raised to 2048 (1,000 real daemons would see one connection each). Peak RSS: GNU
+  time's %M of the client (wait4's own maxrss would count this bench's memory too). CPU
+  per host: the client's from wait4's rusage
   (clush's and pssh's ssh processes included), the server's from /proc/PID/stat before
   and after the run (radmind with the `sh -c true` it ran; sshd with its per-connection
   processes, once reaped), divided by the hosts.
