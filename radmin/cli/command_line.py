@@ -217,11 +217,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     _home_option(fingerprint)
 
-    ping = commands.add_parser(
-        "ping",
-        help="authenticated round trip to each host",
-        usage="radmin-cli ping [OPTIONS] HOSTS",
-        allow_abbrev=False,
+    ping = _subcommand(
+        commands, "ping", "authenticated round trip to each host", "radmin-cli ping [OPTIONS] HOSTS"
     )
     _fanout_options(ping, rolling=False)
     ping.add_argument("hosts", metavar="HOSTS", help=HOSTS_HELP)
@@ -262,11 +259,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     run.add_argument("hosts", metavar="HOSTS", help=HOSTS_HELP)
     run.add_argument("command", nargs="*", metavar="COMMAND", help="run with /bin/sh -c")
 
-    put = commands.add_parser(
+    put = _subcommand(
+        commands,
         "put",
-        help="upload a file to each host, atomically and verified",
-        usage="radmin-cli put [OPTIONS] FILE HOSTS [REMOTE_PATH]",
-        allow_abbrev=False,
+        "upload a file to each host, atomically and verified",
+        "radmin-cli put [OPTIONS] FILE HOSTS [REMOTE_PATH]",
     )
     put.add_argument(
         "--mode",
@@ -293,11 +290,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
 
 def _get_parser(commands: Any) -> argparse.ArgumentParser:
-    get = commands.add_parser(
+    get = _subcommand(
+        commands,
         "get",
-        help="download a file from each host, atomically and verified",
-        usage="radmin-cli get [OPTIONS] HOSTS REMOTE_PATH [LOCAL_PATH]",
-        allow_abbrev=False,
+        "download a file from each host, atomically and verified",
+        "radmin-cli get [OPTIONS] HOSTS REMOTE_PATH [LOCAL_PATH]",
     )
     _fanout_options(get)
     get.add_argument("hosts", metavar="HOSTS", help=HOSTS_HELP)
@@ -312,15 +309,23 @@ def _get_parser(commands: Any) -> argparse.ArgumentParser:
     return get
 
 
+def _subcommand(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, usage: str
+) -> argparse.ArgumentParser:
+    """A command that talks to daemons: its own usage line, and no abbreviated options
+    (a prefix that is unique today would silently change meaning when an option is added)."""
+    return commands.add_parser(name, help=help, usage=usage, allow_abbrev=False)
+
+
 def _shell_parser(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
     """`shell [OPTIONS] HOST`: one host, so none of the fan-out's -p, --json."""
-    shell = commands.add_parser(
+    shell = _subcommand(
+        commands,
         "shell",
-        help="interactive login shell on one host, on a real PTY (like ssh -t)",
-        usage="radmin-cli shell [OPTIONS] HOST",
-        allow_abbrev=False,
+        "interactive login shell on one host, on a real PTY (like ssh -t)",
+        "radmin-cli shell [OPTIONS] HOST",
     )
     shell.add_argument(
         "-v", "--verbose", action="store_true", help="print the run id and the host on stderr"
@@ -337,11 +342,11 @@ def _mux_parser(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
     """`mux`: the client home's connection helper (radmin/mux), ssh's ControlPersist."""
-    mux = commands.add_parser(
+    mux = _subcommand(
+        commands,
         "mux",
-        help="keep daemon connections open between runs, in the foreground (ControlPersist)",
-        usage="radmin-cli mux [--idle-timeout SECONDS | --stop | --status] [--home DIR]",
-        allow_abbrev=False,
+        "keep daemon connections open between runs, in the foreground (ControlPersist)",
+        "radmin-cli mux [--idle-timeout SECONDS | --stop | --status] [--home DIR]",
     )
     mux.add_argument(
         "--idle-timeout",
