@@ -17,20 +17,36 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from radmin.identity import ClientHome, cert_file_fingerprint, create_identity
-from radmin.protocol import FrameSocket, FrameType
+from radmin.protocol import HEADER, FrameSocket, FrameType
 from radmin.tls import client_context
 
 BIN = Path(sys.executable).parent
 RADMIND = str(BIN / "radmind")
 RADMIN_CLI = str(BIN / "radmin-cli")
+
+
+@contextlib.contextmanager
+def trickled_frames(sent: list[tuple[FrameType, bytes]]) -> Iterator[FrameSocket]:
+    """A FrameSocket receiving `sent` one byte per send: every frame split at every byte
+    boundary, headers included (the worst a TCP stream may do)."""
+    wire = b"".join(HEADER.pack(t, len(p)) + p for t, p in sent)
+    left, right = socket.socketpair()
+    with left, right:
+        sender = threading.Thread(target=lambda: [left.sendall(bytes([b])) for b in wire])
+        sender.start()
+        try:
+            yield FrameSocket(right)
+        finally:
+            sender.join()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

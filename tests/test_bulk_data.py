@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from support import client_entry, make_client_home, run_cli, trust
+from support import client_entry, make_client_home, run_cli, trickled_frames, trust
 
 from radmin.errors import ConnectionClosed, FrameTimeout
 from radmin.protocol import HEADER, MAX_DATA, Frame, FrameSocket, FrameType
@@ -61,19 +61,13 @@ def test_frames_split_at_every_byte_boundary_reassemble_into_the_sink():
         (FrameType.DIGEST, b'{"sha256": null}'),
         (FrameType.FILE_DATA, b"xyz"),
     ]
-    wire = b"".join(HEADER.pack(t, len(p)) + p for t, p in sent)
-    left, right = socket.socketpair()
-    with left, right:
-        frames = FrameSocket(right)
-        sender = threading.Thread(target=lambda: [left.sendall(bytes([b])) for b in wire])
-        sender.start()
+    with trickled_frames(sent) as frames:
         buffer = sink()
         assert frames.recv_data_into(buffer, FrameType.FILE_DATA) == 300
         assert bytes(buffer[:300]) == b"abc" * 100
         frame = frames.recv_data_into(buffer, FrameType.FILE_DATA)
         assert isinstance(frame, Frame) and frame.json() == {"sha256": None}
         assert frames.recv_data_into(buffer, FrameType.FILE_DATA) == 3
-        sender.join()
 
 
 def test_a_dripping_data_frame_is_cut_off_at_frame_timeout():

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from support import frames_after_hello, run_cli, tls_connect
+from support import frames_after_hello, run_cli, tls_connect, trickled_frames
 
 from radmin.errors import ConnectionClosed, ProtocolError
 from radmin.protocol import HEADER, MAX_CONTROL, MAX_DATA, FrameSocket, FrameType, parse_header
@@ -133,14 +133,8 @@ def test_parse_header_checks_limits_per_type():
 
 def test_frames_split_at_every_byte_boundary_reassemble():
     sent = [(FrameType.STDOUT, b"abc"), (FrameType.STDERR, b""), (FrameType.STDOUT, b"x" * 300)]
-    wire = b"".join(HEADER.pack(t, len(p)) + p for t, p in sent)
-    left, right = socket.socketpair()
-    with left, right:
-        receiver = FrameSocket(right)
-        sender = threading.Thread(target=lambda: [left.sendall(bytes([b])) for b in wire])
-        sender.start()
+    with trickled_frames(sent) as receiver:
         got = [(f.type, bytes(f.payload)) for f in (receiver.recv_frame() for _ in sent)]
-        sender.join()
     assert got == sent
 
 
